@@ -124,6 +124,12 @@ pub fn expand_grid(bases: &[(Profile, Origin)], grid: &[Vary], host: &[usize]) -
     // (`builtin-2core workers=1 workers=2`), where a grid of two was meant.
     let written = |v: &Vary| v.values.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(",");
     for (i, v) in grid.iter().enumerate() {
+        // A value given twice made two configurations of one name, refused below as profiles
+        // to rename (`give the profiles different names`), where the grid repeated a value.
+        let repeated = v.values.iter().enumerate().find(|(j, (w, _))| v.values[..*j].iter().any(|x| &x.0 == w));
+        if let Some((_, (w, _))) = repeated {
+            return Err(format!("--vary {k}={} gives `{w}` twice: give each value once", written(v), k = v.key));
+        }
         if let Some(first) = grid[..i].iter().find(|w| w.key == v.key) {
             let (a, b) = (written(first), written(v));
             return Err(format!(
@@ -155,6 +161,14 @@ pub fn expand_grid(bases: &[(Profile, Origin)], grid: &[Vary], host: &[usize]) -
     let mut names: Vec<&str> = out.iter().map(|c| c.name.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        // `--profile builtin` (or `auto`) given twice has no name to change: it was told to
+        // give the profiles different names.
+        let made: Vec<Option<&str>> = out.iter().filter(|c| c.name == w[0]).map(|c| c.origin.made_by()).collect();
+        if let [Some(kind), ..] = made[..] {
+            if made.iter().all(|m| *m == Some(kind)) {
+                return Err(format!("--profile {kind} given twice: give it once"));
+            }
+        }
         return Err(format!("two configurations are both named `{}`: give the profiles different names", w[0]));
     }
     Ok(out)
@@ -2535,8 +2549,18 @@ mod tests {
             &[0, 1],
         );
         assert!(empty.is_err_and(|e| e.contains("needs at least one value")));
+        // A file's profile named as the builtin one: a profile to rename.
         let twice =
-            expand_grid(&[(Profile::builtin(), Origin::Builtin), (Profile::builtin(), Origin::Builtin)], &[], &[0, 1]);
-        assert!(twice.is_err_and(|e| e.contains("both named")));
+            expand_grid(&[(Profile::builtin(), Origin::Builtin), (Profile::builtin(), Origin::File)], &[], &[0, 1]);
+        assert!(twice.is_err_and(|e| e.contains("both named `builtin-2core`: give the profiles different names")));
+        // `--profile builtin` twice has no name to change (before: "give the profiles different
+        // names"), as a grid's value given twice has none (before: the same words).
+        let builtin = (Profile::builtin(), Origin::Builtin);
+        let twice = expand_grid(&[builtin.clone(), builtin.clone()], &[], &[0, 1]);
+        assert_eq!(twice.expect_err("builtin twice"), "--profile builtin given twice: give it once");
+        let idle = |w: &str| (w.to_string(), Setting::Idle(if w == "block" { "block" } else { "backoff" }));
+        let grid = [Vary { key: "idle".into(), values: vec![idle("block"), idle("backoff"), idle("block")] }];
+        let e = expand_grid(&[builtin], &grid, &[0, 1]).expect_err("block twice");
+        assert_eq!(e, "--vary idle=block,backoff,block gives `block` twice: give each value once");
     }
 }
