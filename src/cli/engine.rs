@@ -758,8 +758,10 @@ fn check_flags_on_profile(args: &EngineArgs, profile: &Profile) -> anyhow::Resul
     // No --endpoint and no shard of the profile lists one: a missing flag (exit 2), whichever
     // profile it is; a profile that lists some but leaves a shard without is the profile's fault.
     if args.endpoint.is_empty() && profile.shards.iter().all(|s| s.endpoints.is_empty() && s.binds.is_empty()) {
-        let named = matches!(args.profile.as_str(), "builtin" | "auto");
-        let which = if named { format!("the {} profile", args.profile) } else { format!("profile {}", args.profile) };
+        let which = match crate::profile::Origin::of(&args.profile).made_by() {
+            Some(word) => format!("the {word} profile"),
+            None => format!("profile {}", args.profile),
+        };
         bail!(super::UsageError(format!(
             "no endpoint: give --endpoint EP (once per shard), or a --profile FILE whose shards list endpoints \
              ({which} lists none)"
