@@ -450,8 +450,9 @@ fn a_quiet_backup_says_its_active_peer_sent_no_snapshot() {
     let (back, said) = server_said("backup", bp, &["--backup", "--peer", &peer, "--heartbeat-interval", "200ms"]);
     // Its request waits 3 s for an answer.
     let l = wait_line(&said, Duration::from_secs(20), "the no-snapshot line", |l| l.contains("no snapshot"));
-    let want = "clone-server: passive: the active peer sent no snapshot within 3s, asking again: this server is not \
-                in step with it until one comes";
+    let want = "clone-server: passive: behind the active, re-syncing (no_snapshot): the active peer sent no snapshot \
+                within 3s, asking again: this server is not in step with it until one comes (the first; more are \
+                counted and summarised every 10s)";
     assert_eq!(l, want);
     drop(back);
     stop.store(true, Ordering::Relaxed);

@@ -668,7 +668,8 @@ pub struct ServerCore {
     /// Failed publishes, said like refusals (the total again at the stop).
     publish_said: Refusals,
     /// A passive that fell behind the active (a gap in its sequence, a HUGZ ahead) and
-    /// re-syncs: a warning, said like refusals whatever `verbose` says.
+    /// re-syncs, or whose request for the active's snapshot went unanswered: a warning, said
+    /// like refusals whatever `verbose` says.
     resync_said: Refusals,
     /// Waiting for the flush: a failed append or flush loses the whole batch (see `log_failed`).
     outbox: Vec<Outgoing>,
@@ -1611,11 +1612,13 @@ impl ServerCore {
                     out.push(Action::EndPeerSnapshot);
                     // An error, said whatever --quiet says (before, it hid it): this server is
                     // not in step with the active one, and will not be until a snapshot comes.
-                    out.push(Action::Log(format!(
-                        "passive: the active peer sent no snapshot within {}, asking again: this server is not in \
-                         step with it until one comes",
+                    // Said like a refusal: a silent peer fails every try, one per 3 s.
+                    let detail = format_args!(
+                        "the active peer sent no snapshot within {}, asking again: this server is not in step with \
+                         it until one comes",
                         crate::diag::human_duration(PEER_SYNC_TIMEOUT_NS)
-                    )));
+                    );
+                    out.extend(self.resync_said.refuse("no_snapshot", &detail, now_ns).map(Action::Log));
                 }
             }
             None => {
@@ -2567,10 +2570,57 @@ mod tests {
         assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
         // An error, said by a quiet core too (`--quiet` silences progress only; before, it hid it).
         assert!(!r.core.verbose, "the rig's core is quiet");
-        let said = "passive: the active peer sent no snapshot within 3s, asking again: this server is not in step";
+        let said = "passive: behind the active, re-syncing (no_snapshot): the active peer sent no snapshot within 3s, \
+                    asking again: this server is not in step";
         assert!(r.logs.iter().any(|l| l.starts_with(said)), "{:?}", r.logs);
         r.on(Event::PeerSyncCheck);
         assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+    }
+
+    /// An active peer that never answers the passive's snapshot request: the line follows the
+    /// refusals' rule (`--help` and docs/COMMANDS.md promise it for what repeats), the first at
+    /// once, then one summary per interval and what went unsaid at the stop. Before, it was said
+    /// at every 3 s try: 20 lines a minute, for as long as the peer stayed silent.
+    #[test]
+    fn a_peer_that_sends_no_snapshot_is_said_at_once_then_summarised() {
+        let mut r = Rig::passive_backup();
+        r.on(Event::PeerLink(true));
+        let said = |r: &mut Rig| -> Vec<String> {
+            std::mem::take(&mut r.logs)
+                .into_iter()
+                .filter(|l| l.contains("no snapshot") || l.contains("no_snapshot"))
+                .collect()
+        };
+        // Three tries within 10 s, none answered.
+        for _ in 0..3 {
+            r.on(Event::PeerSyncCheck);
+            assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+            r.clock.advance_ns(PEER_SYNC_TIMEOUT_NS + 1_000_000);
+            r.on(Event::PeerSyncCheck);
+            assert_eq!(r.other(), vec![Action::EndPeerSnapshot]);
+        }
+        assert_eq!(
+            said(&mut r),
+            vec![
+                "passive: behind the active, re-syncing (no_snapshot): the active peer sent no snapshot within 3s, \
+                 asking again: this server is not in step with it until one comes (the first; more are counted and \
+                 summarised every 10s)"
+            ]
+        );
+        r.tick_for(5_000);
+        let l = said(&mut r);
+        assert_eq!(l.len(), 1, "one summary: {l:?}");
+        assert!(l[0].starts_with("passive: behind the active, re-syncing in the last "), "{l:?}");
+        assert!(l[0].ends_with(": no_snapshot=2 (totals: no_snapshot=3)"), "{l:?}");
+        r.on(Event::PeerSyncCheck);
+        r.clock.advance_ns(PEER_SYNC_TIMEOUT_NS + 1_000_000);
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(said(&mut r), Vec::<String>::new());
+        r.on(Event::Stopping);
+        assert_eq!(
+            said(&mut r),
+            vec!["passive: behind the active, re-syncing since the last line: no_snapshot=1 (totals: no_snapshot=4)"]
+        );
     }
 
     /// A failed publish is said by the core like a refusal, by a quiet core too (`--quiet`
