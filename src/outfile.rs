@@ -568,7 +568,7 @@ fn lock_holder(file: &File) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let m = file.metadata().ok()?;
     let (major, minor) = (u64::from(libc::major(m.dev())), u64::from(libc::minor(m.dev())));
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let locks = proc_locks()?;
     let pid = locks.lines().find_map(|line| {
         // `1: FLOCK  ADVISORY  WRITE 31251 fe:00:5448651 0 EOF`; a waiter's line has `->`
         // before FLOCK.
@@ -588,6 +588,30 @@ fn lock_holder(file: &File) -> Option<String> {
         "" => format!("process {pid}"),
         comm => format!("process {pid} ({comm})"),
     })
+}
+
+/// `/proc/locks`, each read as large as a page or more. The kernel walks its lock list afresh at
+/// every `read` (by position), so a list read in small pieces while other processes take and
+/// drop locks can skip the very line looked for: `read_to_string` starts with a 32-byte read,
+/// and the holder of a lock was then missed now and then (said as "another process").
+fn proc_locks() -> Option<String> {
+    use std::io::Read as _;
+    let mut f = File::open("/proc/locks").ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
 }
 
 /// The process holding the lock of the regular file at `path` now ([`lock_holder`]), the file
@@ -1147,6 +1171,7 @@ mod tests {
     /// emptied before the second's lock was tried), and a link to another output is that output.
     #[test]
     fn a_run_refused_for_one_busy_file_empties_none_and_a_link_is_its_target() {
+        let _no_fork = no_fork();
         let d = dir("all");
         let (hlog, hgrm) = (d.join("p.hlog"), d.join("h.hgrm"));
         std::fs::write(&hlog, b"keep").expect("write");
@@ -1171,6 +1196,7 @@ mod tests {
     /// and the "closed" file was a second link to the target.
     #[test]
     fn a_symlinked_file_is_kept_and_rotated_beside_its_target_and_stays_a_link() {
+        let _no_fork = no_fork();
         let d = dir("symlink");
         let sub = d.join("data");
         std::fs::create_dir_all(&sub).expect("mkdir");
@@ -1197,6 +1223,7 @@ mod tests {
 
     #[test]
     fn a_second_claim_is_refused_and_leaves_the_file_as_the_first_wrote_it() {
+        let _no_fork = no_fork();
         let d = dir("busy");
         let path = d.join("x.hlog");
         let first = Claimed::claim("--hlog", &path).expect("the first claim");
@@ -1226,10 +1253,14 @@ mod tests {
 
     #[test]
     fn a_fifo_nobody_reads_is_refused_at_once_and_one_with_a_reader_is_written() {
+        let _no_fork = no_fork();
         let d = dir("fifo");
         let fifo = d.join("f.hlog");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
-        assert!(made.success(), "mkfifo");
+        // mkfifo(3), not the mkfifo command: a fork here would hold a copy of every handle the
+        // tests running beside this one have open (a lock among them) until its exec.
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path; mkfifo reads it only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
         // Before: the open waited for a reader for ever.
         let e = Claimed::claim("--hlog", &fifo).expect_err("no reader");
         assert!(matches!(e, OutFileError::NoReader { .. }), "{e}");
@@ -1251,6 +1282,7 @@ mod tests {
 
     #[test]
     fn rewrite_starts_the_file_over() {
+        let _no_fork = no_fork();
         let d = dir("rewrite");
         let c = Claimed::claim("--hgrm", &d.join("x.hgrm")).expect("claim");
         c.rewrite().and_then(|mut f| f.write_all(b"a long first run\n")).expect("write");
@@ -1266,6 +1298,7 @@ mod tests {
     /// symlink stays a link; a device is written as it is.
     #[test]
     fn replace_writes_a_whole_new_file_that_keeps_the_lock_and_the_link() {
+        let _no_fork = no_fork();
         let d = dir("replace");
         let (target, link) = (d.join("t.hgrm"), d.join("l.hgrm"));
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
@@ -1303,6 +1336,7 @@ mod tests {
     /// so bench's `--outputs-dir` (`claim_all`) went on to write the unlinked old file.
     #[test]
     fn a_claim_of_a_file_renamed_over_between_its_open_and_its_lock_is_refused() {
+        let _no_fork = no_fork();
         let d = dir("renamed-over");
         let path = d.join("bench.hgrm");
         let c = Claimed::claim("--outputs-dir", &path).expect("claim");
@@ -1322,6 +1356,7 @@ mod tests {
     /// the new file was the run's, made under its umask (0644 here, root's).
     #[test]
     fn a_replaced_or_rotated_file_keeps_its_mode_owner_and_group() {
+        let _no_fork = no_fork();
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let d = dir("mode");
         let path = d.join("m.hgrm");
@@ -1355,6 +1390,7 @@ mod tests {
     /// link: emptied it, gave it FILE's mode (and, as root, owner) and went on writing into it.
     #[test]
     fn a_rotation_never_writes_through_a_link_at_its_next_file() {
+        let _no_fork = no_fork();
         use std::os::unix::fs::PermissionsExt as _;
         let d = dir("next-link");
         let (path, next, target) = (d.join("r.hlog"), d.join(".r.hlog.next"), d.join("precious"));
@@ -1400,6 +1436,7 @@ mod tests {
     /// emptied the target, gave it FILE's mode and wrote into it.
     #[test]
     fn a_link_made_at_the_next_file_just_before_its_open_is_not_followed() {
+        let _no_fork = no_fork();
         use std::os::unix::fs::PermissionsExt as _;
         let d = dir("next-window");
         let (path, next, target) = (d.join("w.hlog"), d.join(".w.hlog.next"), d.join("precious"));
@@ -1438,6 +1475,7 @@ mod tests {
     /// made between the look and the rename was replaced (lost; its run wrote an unlinked file).
     #[test]
     fn without_links_or_noreplace_a_file_made_between_a_rotations_renames_is_kept() {
+        let _no_fork = no_fork();
         let (d, path, next, c) = renaming_claim("renames-window");
         // Unhindered, the placeholder way rotates.
         let first = closed_name(&path, 1_000_000_000);
@@ -1488,6 +1526,7 @@ mod tests {
     /// away", which names neither the process nor the way out.
     #[test]
     fn a_next_file_a_live_process_holds_refuses_the_keep_and_names_the_process() {
+        let _no_fork = no_fork();
         let d = dir("next-busy");
         let (path, next) = (d.join("b.hlog"), d.join(".b.hlog.next"));
         std::fs::write(&path, b"an earlier run's").expect("write");
@@ -1521,6 +1560,7 @@ mod tests {
     /// on a metrics file but that an operator's mistake is carried on.
     #[test]
     fn a_new_file_keeps_the_permission_bits_and_not_setuid_setgid_or_sticky() {
+        let _no_fork = no_fork();
         use std::os::unix::fs::PermissionsExt as _;
         let d = dir("mode-bits");
         let path = d.join("b.hgrm");
@@ -1542,6 +1582,7 @@ mod tests {
     /// is. Before, a stale one stayed for ever.
     #[test]
     fn a_stale_next_file_is_removed_at_the_claim_and_a_locked_one_is_not() {
+        let _no_fork = no_fork();
         let d = dir("stale-next");
         let (path, next) = (d.join("s.hgrm"), d.join(".s.hgrm.next"));
         std::fs::write(&next, b"half a spectrum").expect("what a killed run left");
@@ -1613,8 +1654,21 @@ mod tests {
     /// Run the lib test `name` again in a child process, with `env` set to `d` (the test's child
     /// part), and wait until the child made `d/ready` (30 s at most, else killed and its stderr
     /// said): it is then where the test wants it, to be ended by its pid.
+    /// Held to write while a test forks a child: the child has a copy of every handle of this
+    /// process until its exec, so a lock a test beside it drops stays held for that moment. Every
+    /// other test here holds it to read ([`no_fork`]): many drop a lock and claim the file again.
+    static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+    /// [`FORKS`] to read: for a test's whole run (every test here but the two that fork).
+    fn no_fork() -> std::sync::RwLockReadGuard<'static, ()> {
+        FORKS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn child_ready(name: &str, env: &str, d: &Path) -> std::process::Child {
         use std::io::Read as _;
+        // No test that holds FORKS's read side runs its checks while the fork holds copies of
+        // its handles (std's spawn returns once the child has run exec, which closes them).
+        let _forking = FORKS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
             .env(env, d)
@@ -1683,6 +1737,7 @@ mod tests {
     /// closed to a dashboard's user.
     #[test]
     fn a_rotations_placeholder_has_files_mode_and_owner() {
+        let _no_fork = no_fork();
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let d = dir("placeholder-mode");
         let path = d.join("m.hlog");
@@ -1720,6 +1775,7 @@ mod tests {
     /// file, and the run's file under the closed name.
     #[test]
     fn a_placeholder_lock_error_is_said_and_the_placeholder_removed() {
+        let _no_fork = no_fork();
         let (d, path, next, c) = renaming_claim("placeholder-lock");
         let closed = closed_name(&path, 1_000_000_000);
         for at in [&closed, &path] {
@@ -1747,6 +1803,7 @@ mod tests {
     /// or one with something in it, is refused and left as it was.
     #[test]
     fn an_empty_unheld_file_at_the_closed_name_is_taken_and_a_held_or_full_one_is_not() {
+        let _no_fork = no_fork();
         let d = dir("closed-empty");
         let path = d.join("e.hlog");
         let closed = closed_name(&path, 1_000_000_000);
@@ -1773,6 +1830,7 @@ mod tests {
 
     #[test]
     fn one_file_named_twice_is_refused_however_it_is_spelled() {
+        let _no_fork = no_fork();
         let d = dir("same");
         let a = d.join("x.out");
         let b = d.join(".").join("x.out");
