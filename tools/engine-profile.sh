@@ -39,7 +39,7 @@ case "$mode" in
       [ "$n" -gt 1000000 ] || continue
       role=other
       if grep -q 'ReaderAgent::try_flush' "$f"; then role=reader
-      elif grep -q 'WorkerCore<C>::handle_view' "$f"; then role=worker
+      elif grep -q 'WorkerCore<C>::handle_view\|WorkerCore<C>::end_round' "$f"; then role=worker
       elif grep -q 'stream_engine_base' "$f"; then role=io
       fi
       echo "$(basename "$f") $role $n instructions, $((n / delivered)) per message delivered"

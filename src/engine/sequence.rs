@@ -1284,11 +1284,13 @@ impl SequenceTracker {
     }
 
     /// [`SequenceTracker::session`] past its common case (`tick` counted already): `found`,
-    /// [`SequenceTracker::find`]'s answer, is a session not current, or none.
+    /// [`SequenceTracker::find`]'s answer, is a session not current, or none (a current one
+    /// never comes here: it would be revived).
     #[inline(never)]
     fn session_found(&mut self, h: &Header, live: bool, found: Option<usize>) -> Result<(usize, bool), Refused> {
+        // Its only caller answered a current session itself.
+        debug_assert!(found.is_none_or(|i| !self.sessions[i].current), "a session not current, or none");
         let (i, restarted) = match found {
-            Some(i) if self.sessions[i].current => (i, false),
             Some(i) => self.revive(i, live),
             None => match self.was_forgotten(h) {
                 // Vanished, and this data frame is past where it was: taken up again.

@@ -182,7 +182,7 @@ impl<C: Clock> WorkerCore<C> {
     }
 
     /// [`WorkerCore::handle`] for a frame of `len` bytes decoded already.
-    #[inline]
+    #[inline(always)]
     pub fn handle_view(&mut self, view: &FrameView<'_>, len: usize, recv_ns: u64, take_ns: u64) -> usize {
         if self.croaked {
             return 0;
@@ -205,9 +205,8 @@ impl<C: Clock> WorkerCore<C> {
             }
         }
         let stages = &mut self.stages[self.slot];
-        let sent = view.header.send_time_ns;
         // A send time ahead of this host's clock makes wire and total negative: counted (ahead).
-        stages.record_wire_total(latency_ns(sent, recv_ns), latency_ns(sent, done));
+        stages.record_since_sent(view.header.send_time_ns, recv_ns, done);
         stages.bytes += len as u64;
         let queue_ns = latency_ns(recv_ns, take_ns);
         if queue_ns != self.queue_run.0 {

@@ -858,8 +858,10 @@ impl Guard {
         self.cfg.policy == Policy::Off
     }
 
-    /// Judge one data message (`topic` only used for a scream).
-    #[inline]
+    /// Judge one data message (`topic` only used for a scream). Inlined always: a call of its
+    /// own in the engine's reader and worker before, each time (perf36); a change of verdict
+    /// is the call (`Guard::change`, cold).
+    #[inline(always)]
     pub fn on_message(&mut self, h: &Header, topic: &[u8], now_ns: u64) -> Action {
         if self.off() {
             return Action::Continue;
@@ -963,6 +965,9 @@ impl Guard {
         }
     }
 
+    /// A change of verdict to `v`, of a message or of silence (`quiet`): said, and acted on.
+    #[cold]
+    #[inline(never)]
     fn change(&mut self, v: Verdict, msg: Option<(&Header, &[u8])>, quiet: Option<u64>, now_ns: u64) -> Action {
         if self.verdict == Verdict::Ok {
             // Since the lag went above the limit (a rising-lag WARN: now).
