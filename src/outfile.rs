@@ -213,7 +213,9 @@ impl Claimed {
     /// naming the same file, now `closed`), but the path names no file between the two renames;
     /// a file another run made there in that moment is not replaced (neither rename ever
     /// replaces: `renameat2(RENAME_NOREPLACE)`, or an `O_EXCL` placeholder renamed over): this
-    /// claim then stays as it was, its file under `closed`, and the error says so.
+    /// claim then stays as it was, its file under `closed`, and the error says so; the second
+    /// rename failing otherwise is undone, and an undo that fails for another cause says that
+    /// cause (`not_undone`).
     pub fn rotate(&self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
         let linked = match hard_link(&self.path, closed) {
             // A placeholder a killed run left at the closed name (an empty file nobody holds).
@@ -265,18 +267,7 @@ impl Claimed {
             let _ = std::fs::remove_file(&next);
             return Err(match rename_noreplace(closed, &self.path, &like) {
                 Ok(()) => io(&self.flag, &self.path)(e),
-                Err(_) => OutFileError::Io {
-                    flag: self.flag.clone(),
-                    path: self.path.clone(),
-                    source: std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "{e}: another process made this file between the two renames of a rotation without hard \
-                             links; what this run wrote is in {}",
-                            closed.display()
-                        ),
-                    ),
-                },
+                Err(undo) => io(&self.flag, &self.path)(not_undone(e, &undo, closed)),
             });
         }
         Ok(Claimed { path: self.path.clone(), ..fresh })
@@ -417,6 +408,22 @@ impl Claimed {
         *self.file() = fresh;
         sync_folder(&self.path).map_err(ReplaceError::Sync)
     }
+}
+
+/// The error of a rotation by renames whose second rename failed with `e` and whose undo (the
+/// file renamed back from `closed`) failed with `undo`: the run's file stays under `closed`.
+/// Only an undo refused with `EEXIST` means another process made FILE between the two renames;
+/// any other cause (`ENOLCK`, `ENOSPC`, `EIO`) is said as it is, once: not again when it is
+/// the one the second rename met.
+fn not_undone(e: std::io::Error, undo: &std::io::Error, closed: &Path) -> std::io::Error {
+    let why = if undo.kind() == std::io::ErrorKind::AlreadyExists {
+        ": another process made this file between the two renames of a rotation without hard links".to_string()
+    } else if undo.to_string() == e.to_string() {
+        "; renaming it back failed the same way".to_string()
+    } else {
+        format!("; renaming it back failed: {undo}")
+    };
+    std::io::Error::new(e.kind(), format!("{e}{why}; what this run wrote is in {}", closed.display()))
 }
 
 /// How [`Claimed::rotate`] closed the file.
@@ -1793,6 +1800,74 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("FILE"), b"this run", "FILE the run's, as it was");
             assert!(c.still_named().expect("named"), "the claim holds FILE");
         }
+        renames_only(false);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Where a rotation by renames cannot put FILE back after its second rename failed, the error
+    /// says why: `another process made this file` only when the name was taken (`EEXIST`), and
+    /// any other cause (here `ENOLCK` at both the second rename and its undo) as it is, once.
+    /// Before, every cause was said as another process's file.
+    #[test]
+    fn a_rotation_not_undone_says_why_and_blames_another_process_only_for_a_taken_name() {
+        let _no_fork = no_fork();
+        let (d, path, next, c) = renaming_claim("undo-fails");
+        let closed = closed_name(&path, 1_000_000_000);
+        // Every placeholder at FILE fails its lock: the second rename's, then the undo's.
+        let p = path.clone();
+        let no_locks = move |at: &Path| {
+            if at == p {
+                PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = Some(p.clone()));
+            }
+        };
+        let e = in_windows(no_locks, || c.rotate(&closed)).expect_err("refused");
+        PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = None);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: locking the empty file made there first, for a rename that never replaces: No locks \
+                 available (os error 37); renaming it back failed the same way; what this run wrote is in {}",
+                path.display(),
+                closed.display()
+            )
+        );
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run", "nothing written lost");
+        assert!(!path.exists() && !next.exists(), "no placeholder left, nor a new file");
+        // The second rename's lock fails, then another run makes FILE before the undo: its name
+        // taken, said as another process's file.
+        std::fs::rename(&closed, &path).expect("put back");
+        PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = Some(path.clone()));
+        let p = path.clone();
+        let make = move |at: &Path| {
+            let failed = PLACEHOLDER_LOCK_FAILS.with(|f| f.borrow().is_none());
+            if at == p && failed && !p.exists() {
+                std::fs::write(&p, b"another run's").expect("another run's FILE");
+            }
+        };
+        let e = in_windows(make, || c.rotate(&closed)).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: locking the empty file made there first, for a rename that never replaces: No locks \
+                 available (os error 37): another process made this file between the two renames of a rotation \
+                 without hard links; what this run wrote is in {}",
+                path.display(),
+                closed.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"another run's", "kept, not replaced");
+        // An undo that failed another way than the second rename: both causes said.
+        let undo = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = not_undone(std::io::Error::from_raw_os_error(libc::EIO), &undo, &closed);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Input/output error (os error 5); renaming it back failed: No space left on device (os error 28); \
+                 what this run wrote is in {}",
+                closed.display()
+            )
+        );
         renames_only(false);
         drop(c);
         let _ = std::fs::remove_dir_all(&d);
