@@ -1160,6 +1160,7 @@ fn canonical(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_forks::no_fork;
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
 
@@ -1661,28 +1662,16 @@ mod tests {
     /// Run the lib test `name` again in a child process, with `env` set to `d` (the test's child
     /// part), and wait until the child made `d/ready` (30 s at most, else killed and its stderr
     /// said): it is then where the test wants it, to be ended by its pid.
-    /// Held to write while a test forks a child: the child has a copy of every handle of this
-    /// process until its exec, so a lock a test beside it drops stays held for that moment. Every
-    /// other test here holds it to read ([`no_fork`]): many drop a lock and claim the file again.
-    static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-    /// [`FORKS`] to read: for a test's whole run (every test here but the two that fork).
-    fn no_fork() -> std::sync::RwLockReadGuard<'static, ()> {
-        FORKS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn child_ready(name: &str, env: &str, d: &Path) -> std::process::Child {
         use std::io::Read as _;
-        // No test that holds FORKS's read side runs its checks while the fork holds copies of
-        // its handles (std's spawn returns once the child has run exec, which closes them).
-        let _forking = FORKS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-            .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(env, d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the child");
+        let mut child = crate::test_forks::spawn(
+            std::process::Command::new(std::env::current_exe().expect("the test binary"))
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(env, d)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .expect("the child");
         let t0 = std::time::Instant::now();
         while !d.join("ready").exists() {
             if t0.elapsed() > std::time::Duration::from_secs(30) || child.try_wait().expect("wait").is_some() {
