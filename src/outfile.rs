@@ -672,33 +672,39 @@ fn rename_noreplace(from: &Path, to: &Path, like: &File) -> std::io::Result<()> 
 /// where permitted ([`same_owner_and_mode`]), as `.NAME.next` is: a run killed before the
 /// rename leaves an empty FILE with FILE's mode, not `0600`. An empty file no process holds
 /// already at `to` ([`empty_unheld`]: a placeholder a run killed before its rename left) is
-/// taken as this one's, as it is: left, it refused every later run keeping an earlier FILE
-/// under that closed name. Locking a placeholder this run made failing (not another's lock:
-/// `ENOLCK` on a mount without locks) is said as that error, and the placeholder removed.
+/// removed, under its lock, and made anew as this run's (left, it refused every later run
+/// keeping an earlier FILE under that closed name): every placeholder then has FILE's mode and
+/// owner, whoever's the one left was, and removing it takes no more than the rename over it
+/// would (write access to the folder; in a
+/// sticky one, its owner or root). A file made there between the removal and the new one is
+/// that process's (`EEXIST`). Locking the placeholder failing (not another's lock: `ENOLCK`
+/// on a mount without locks) is said as that error, and the placeholder removed.
 fn rename_over_placeholder(from: &Path, to: &Path, like: &File) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let exists = || std::io::Error::from_raw_os_error(libc::EEXIST);
     // Made with FILE's bits (less the umask; all of them set below), so that even a kill just
     // after the open leaves it with no more than FILE's.
     let bits = like.metadata()?.permissions().mode() & 0o777;
+    let make = || OpenOptions::new().write(true).create_new(true).mode(bits).open(to);
     window(to);
-    let (placeholder, made) = match OpenOptions::new().write(true).create_new(true).mode(bits).open(to) {
-        Ok(f) => (f, true),
+    let placeholder = match make() {
+        Ok(f) => f,
         // An empty file no process holds: a placeholder a run killed here left (nothing in it
-        // to lose), taken as this one.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (empty_unheld(to).ok_or(e)?, false),
+        // to lose, whoever's it is), removed under its lock and made anew, as this run's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match empty_unheld(to) {
+            Some(_left) => std::fs::remove_file(to).and_then(|()| make())?,
+            None => return Err(e),
+        },
         Err(e) => return Err(e),
     };
     // Removing what this run made, on an error before the rename.
     let undo = |e: std::io::Error| {
-        if made && names(to, &placeholder) {
+        if names(to, &placeholder) {
             let _ = std::fs::remove_file(to);
         }
         e
     };
-    if made {
-        same_owner_and_mode(like, &placeholder).map_err(undo)?;
-    }
+    same_owner_and_mode(like, &placeholder).map_err(undo)?;
     window(to);
     match lock_placeholder(&placeholder) {
         Ok(()) if names(to, &placeholder) => {}
@@ -1760,6 +1766,43 @@ mod tests {
         assert_eq!(how, Closing::Renamed);
         let want = (file.0 & 0o777, file.1, file.2);
         assert_eq!(*seen.borrow(), [(closed.clone(), want), (path.clone(), want)], "each placeholder");
+        drop((c, fresh));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An empty placeholder a killed run left at the closed name, another user's (`0600`, and as
+    /// root another owner), is replaced by one with FILE's mode, owner and group, as a placeholder
+    /// made fresh has: what a kill before the rename would leave. Before, it was taken as it was.
+    #[test]
+    fn a_placeholder_another_run_left_is_made_anew_with_files_mode_and_owner() {
+        let _no_fork = no_fork();
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let (d, path, _next, c) = renaming_claim("placeholder-left");
+        let closed = closed_name(&path, 1_000_000_000);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::write(&closed, b"").expect("the placeholder a killed run left");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Root may give the files to anyone: FILE one owner, the placeholder left another's.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(4321), Some(8765)).expect("chown");
+            std::os::unix::fs::chown(&closed, Some(1234), Some(5678)).expect("chown");
+        }
+        let owner = |m: std::fs::Metadata| (m.mode() & 0o7777, m.uid(), m.gid());
+        let file = std::fs::metadata(&path).map(owner).expect("meta");
+        // The placeholder at the closed name as a kill just before its rename would leave it:
+        // looked at in the window before its lock, the last one there.
+        let last = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let (saw, at_closed) = (last.clone(), closed.clone());
+        let look = move |at: &Path| {
+            if at == at_closed {
+                *saw.borrow_mut() = std::fs::symlink_metadata(at).ok().map(owner);
+            }
+        };
+        let (fresh, how) = in_windows(look, || c.rotate(&closed)).expect("rotated");
+        renames_only(false);
+        assert_eq!(how, Closing::Renamed);
+        assert_eq!(*last.borrow(), Some(file), "FILE's mode, owner and group");
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run", "nothing written lost");
         drop((c, fresh));
         let _ = std::fs::remove_dir_all(&d);
     }
