@@ -4,19 +4,21 @@
 //! Two runs given the same path used to write it together: `File::create` truncated the first
 //! run's file under it, and an interval log ended up with both runs' headers interleaved (no
 //! HdrHistogram reader takes that), with both runs exiting 0. A claim opens the file without
-//! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only then
-//! empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's file
-//! is left as it was ([`lock_all`] locks without emptying, for an output whose earlier content
-//! is kept: `--hlog`, `--hgrm` and tap `--record` keep an earlier run's file under its start's
-//! name, [`judge_earlier`] and [`Judged::claim`], one implementation for the three). The lock is the kernel's: it goes with the last handle on the file,
-//! however the process ends, so a crashed run leaves no stale lock behind.
+//! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only
+//! then empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's
+//! file is left as it was ([`lock_all`] locks without emptying, for an output whose earlier
+//! content is kept: `--hlog`, `--hgrm` and tap `--record` keep an earlier run's file under its
+//! start's name, [`judge_earlier`] and [`Judged::claim`], one implementation for the three). The
+//! lock is the kernel's: it goes with the last handle on the file, however the process ends, so
+//! a crashed run leaves no stale lock behind.
 //!
 //! The lock is advisory (a program that does not ask for it is not stopped) and only regular
 //! files take part: `/dev/null`, `/dev/full`, `/dev/stdout` or a FIFO are opened as they are,
 //! unlocked and not emptied (they cannot be). Every output is opened non-blocking: a FIFO with
 //! no reader is refused at once ([`OutFileError::NoReader`]) rather than holding start-up, where
-//! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]). [`distinct`] refuses one path given to two outputs of a run
-//! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
+//! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]).
+//! [`distinct`] refuses one path given to two outputs of a run (`--hlog x --hgrm x`), compared
+//! canonicalised, before anything is claimed.
 //!
 //! An output rewritten whole while its run goes on (`--hgrm`) is written by
 //! [`Claimed::replace`]: a new file beside it, locked, filled, renamed over it (a killed run
