@@ -85,6 +85,8 @@ pub mod replay;
 pub mod security;
 pub mod snail;
 pub mod tap;
+#[cfg(test)]
+pub(crate) mod test_forks;
 pub mod wire;
 pub mod zmqx;
 

@@ -4,19 +4,21 @@
 //! Two runs given the same path used to write it together: `File::create` truncated the first
 //! run's file under it, and an interval log ended up with both runs' headers interleaved (no
 //! HdrHistogram reader takes that), with both runs exiting 0. A claim opens the file without
-//! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only then
-//! empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's file
-//! is left as it was ([`lock_all`] locks without emptying, for an output whose earlier content
-//! is kept: `--hlog`, `--hgrm` and tap `--record` keep an earlier run's file under its start's
-//! name, [`judge_earlier`] and [`Judged::claim`], one implementation for the three). The lock is the kernel's: it goes with the last handle on the file,
-//! however the process ends, so a crashed run leaves no stale lock behind.
+//! truncating it, takes `flock(LOCK_EX | LOCK_NB)` on it (std's [`File::try_lock`]) and only
+//! then empties it, so a second run is refused with [`OutFileError::Busy`] and the first run's
+//! file is left as it was ([`lock_all`] locks without emptying, for an output whose earlier
+//! content is kept: `--hlog`, `--hgrm` and tap `--record` keep an earlier run's file under its
+//! start's name, [`judge_earlier`] and [`Judged::claim`], one implementation for the three). The
+//! lock is the kernel's: it goes with the last handle on the file, however the process ends, so
+//! a crashed run leaves no stale lock behind.
 //!
 //! The lock is advisory (a program that does not ask for it is not stopped) and only regular
 //! files take part: `/dev/null`, `/dev/full`, `/dev/stdout` or a FIFO are opened as they are,
 //! unlocked and not emptied (they cannot be). Every output is opened non-blocking: a FIFO with
 //! no reader is refused at once ([`OutFileError::NoReader`]) rather than holding start-up, where
-//! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]). [`distinct`] refuses one path given to two outputs of a run
-//! (`--hlog x --hgrm x`), compared canonicalised, before anything is claimed.
+//! the first Ctrl-C and `--max-duration` did not reach it (inputs: [`crate::infile`]).
+//! [`distinct`] refuses one path given to two outputs of a run (`--hlog x --hgrm x`), compared
+//! canonicalised, before anything is claimed.
 //!
 //! An output rewritten whole while its run goes on (`--hgrm`) is written by
 //! [`Claimed::replace`]: a new file beside it, locked, filled, renamed over it (a killed run
@@ -213,7 +215,9 @@ impl Claimed {
     /// naming the same file, now `closed`), but the path names no file between the two renames;
     /// a file another run made there in that moment is not replaced (neither rename ever
     /// replaces: `renameat2(RENAME_NOREPLACE)`, or an `O_EXCL` placeholder renamed over): this
-    /// claim then stays as it was, its file under `closed`, and the error says so.
+    /// claim then stays as it was, its file under `closed`, and the error says so; the second
+    /// rename failing otherwise is undone, and an undo that fails for another cause says that
+    /// cause (`not_undone`).
     pub fn rotate(&self, closed: &Path) -> Result<(Claimed, Closing), OutFileError> {
         let linked = match hard_link(&self.path, closed) {
             // A placeholder a killed run left at the closed name (an empty file nobody holds).
@@ -265,18 +269,7 @@ impl Claimed {
             let _ = std::fs::remove_file(&next);
             return Err(match rename_noreplace(closed, &self.path, &like) {
                 Ok(()) => io(&self.flag, &self.path)(e),
-                Err(_) => OutFileError::Io {
-                    flag: self.flag.clone(),
-                    path: self.path.clone(),
-                    source: std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "{e}: another process made this file between the two renames of a rotation without hard \
-                             links; what this run wrote is in {}",
-                            closed.display()
-                        ),
-                    ),
-                },
+                Err(undo) => io(&self.flag, &self.path)(not_undone(e, &undo, closed)),
             });
         }
         Ok(Claimed { path: self.path.clone(), ..fresh })
@@ -417,6 +410,22 @@ impl Claimed {
         *self.file() = fresh;
         sync_folder(&self.path).map_err(ReplaceError::Sync)
     }
+}
+
+/// The error of a rotation by renames whose second rename failed with `e` and whose undo (the
+/// file renamed back from `closed`) failed with `undo`: the run's file stays under `closed`.
+/// Only an undo refused with `EEXIST` means another process made FILE between the two renames;
+/// any other cause (`ENOLCK`, `ENOSPC`, `EIO`) is said as it is, once: not again when it is
+/// the one the second rename met.
+fn not_undone(e: std::io::Error, undo: &std::io::Error, closed: &Path) -> std::io::Error {
+    let why = if undo.kind() == std::io::ErrorKind::AlreadyExists {
+        ": another process made this file between the two renames of a rotation without hard links".to_string()
+    } else if undo.to_string() == e.to_string() {
+        "; renaming it back failed the same way".to_string()
+    } else {
+        format!("; renaming it back failed: {undo}")
+    };
+    std::io::Error::new(e.kind(), format!("{e}{why}; what this run wrote is in {}", closed.display()))
 }
 
 /// How [`Claimed::rotate`] closed the file.
@@ -665,33 +674,39 @@ fn rename_noreplace(from: &Path, to: &Path, like: &File) -> std::io::Result<()> 
 /// where permitted ([`same_owner_and_mode`]), as `.NAME.next` is: a run killed before the
 /// rename leaves an empty FILE with FILE's mode, not `0600`. An empty file no process holds
 /// already at `to` ([`empty_unheld`]: a placeholder a run killed before its rename left) is
-/// taken as this one's, as it is: left, it refused every later run keeping an earlier FILE
-/// under that closed name. Locking a placeholder this run made failing (not another's lock:
-/// `ENOLCK` on a mount without locks) is said as that error, and the placeholder removed.
+/// removed, under its lock, and made anew as this run's (left, it refused every later run
+/// keeping an earlier FILE under that closed name): every placeholder then has FILE's mode and
+/// owner, whoever's the one left was, and removing it takes no more than the rename over it
+/// would (write access to the folder; in a
+/// sticky one, its owner or root). A file made there between the removal and the new one is
+/// that process's (`EEXIST`). Locking the placeholder failing (not another's lock: `ENOLCK`
+/// on a mount without locks) is said as that error, and the placeholder removed.
 fn rename_over_placeholder(from: &Path, to: &Path, like: &File) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let exists = || std::io::Error::from_raw_os_error(libc::EEXIST);
     // Made with FILE's bits (less the umask; all of them set below), so that even a kill just
     // after the open leaves it with no more than FILE's.
     let bits = like.metadata()?.permissions().mode() & 0o777;
+    let make = || OpenOptions::new().write(true).create_new(true).mode(bits).open(to);
     window(to);
-    let (placeholder, made) = match OpenOptions::new().write(true).create_new(true).mode(bits).open(to) {
-        Ok(f) => (f, true),
+    let placeholder = match make() {
+        Ok(f) => f,
         // An empty file no process holds: a placeholder a run killed here left (nothing in it
-        // to lose), taken as this one.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (empty_unheld(to).ok_or(e)?, false),
+        // to lose, whoever's it is), removed under its lock and made anew, as this run's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match empty_unheld(to) {
+            Some(_left) => std::fs::remove_file(to).and_then(|()| make())?,
+            None => return Err(e),
+        },
         Err(e) => return Err(e),
     };
     // Removing what this run made, on an error before the rename.
     let undo = |e: std::io::Error| {
-        if made && names(to, &placeholder) {
+        if names(to, &placeholder) {
             let _ = std::fs::remove_file(to);
         }
         e
     };
-    if made {
-        same_owner_and_mode(like, &placeholder).map_err(undo)?;
-    }
+    same_owner_and_mode(like, &placeholder).map_err(undo)?;
     window(to);
     match lock_placeholder(&placeholder) {
         Ok(()) if names(to, &placeholder) => {}
@@ -1153,6 +1168,7 @@ fn canonical(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_forks::no_fork;
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
 
@@ -1654,28 +1670,16 @@ mod tests {
     /// Run the lib test `name` again in a child process, with `env` set to `d` (the test's child
     /// part), and wait until the child made `d/ready` (30 s at most, else killed and its stderr
     /// said): it is then where the test wants it, to be ended by its pid.
-    /// Held to write while a test forks a child: the child has a copy of every handle of this
-    /// process until its exec, so a lock a test beside it drops stays held for that moment. Every
-    /// other test here holds it to read ([`no_fork`]): many drop a lock and claim the file again.
-    static FORKS: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-    /// [`FORKS`] to read: for a test's whole run (every test here but the two that fork).
-    fn no_fork() -> std::sync::RwLockReadGuard<'static, ()> {
-        FORKS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn child_ready(name: &str, env: &str, d: &Path) -> std::process::Child {
         use std::io::Read as _;
-        // No test that holds FORKS's read side runs its checks while the fork holds copies of
-        // its handles (std's spawn returns once the child has run exec, which closes them).
-        let _forking = FORKS.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-            .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(env, d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the child");
+        let mut child = crate::test_forks::spawn(
+            std::process::Command::new(std::env::current_exe().expect("the test binary"))
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(env, d)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .expect("the child");
         let t0 = std::time::Instant::now();
         while !d.join("ready").exists() {
             if t0.elapsed() > std::time::Duration::from_secs(30) || child.try_wait().expect("wait").is_some() {
@@ -1768,6 +1772,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// An empty placeholder a killed run left at the closed name, another user's (`0600`, and as
+    /// root another owner), is replaced by one with FILE's mode, owner and group, as a placeholder
+    /// made fresh has: what a kill before the rename would leave. Before, it was taken as it was.
+    #[test]
+    fn a_placeholder_another_run_left_is_made_anew_with_files_mode_and_owner() {
+        let _no_fork = no_fork();
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let (d, path, _next, c) = renaming_claim("placeholder-left");
+        let closed = closed_name(&path, 1_000_000_000);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::write(&closed, b"").expect("the placeholder a killed run left");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // Root may give the files to anyone: FILE one owner, the placeholder left another's.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&path, Some(4321), Some(8765)).expect("chown");
+            std::os::unix::fs::chown(&closed, Some(1234), Some(5678)).expect("chown");
+        }
+        let owner = |m: std::fs::Metadata| (m.mode() & 0o7777, m.uid(), m.gid());
+        let file = std::fs::metadata(&path).map(owner).expect("meta");
+        // The placeholder at the closed name as a kill just before its rename would leave it:
+        // looked at in the window before its lock, the last one there.
+        let last = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let (saw, at_closed) = (last.clone(), closed.clone());
+        let look = move |at: &Path| {
+            if at == at_closed {
+                *saw.borrow_mut() = std::fs::symlink_metadata(at).ok().map(owner);
+            }
+        };
+        let (fresh, how) = in_windows(look, || c.rotate(&closed)).expect("rotated");
+        renames_only(false);
+        assert_eq!(how, Closing::Renamed);
+        assert_eq!(*last.borrow(), Some(file), "FILE's mode, owner and group");
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run", "nothing written lost");
+        drop((c, fresh));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     /// Locking a placeholder this run made failing with an error (`ENOLCK`: a mount without
     /// locks), not another's lock, is said as that error and the placeholder removed, at the
     /// closed name (the first rename) and at FILE (the second: the first undone, FILE the run's
@@ -1793,6 +1834,74 @@ mod tests {
             assert_eq!(std::fs::read(&path).expect("FILE"), b"this run", "FILE the run's, as it was");
             assert!(c.still_named().expect("named"), "the claim holds FILE");
         }
+        renames_only(false);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Where a rotation by renames cannot put FILE back after its second rename failed, the error
+    /// says why: `another process made this file` only when the name was taken (`EEXIST`), and
+    /// any other cause (here `ENOLCK` at both the second rename and its undo) as it is, once.
+    /// Before, every cause was said as another process's file.
+    #[test]
+    fn a_rotation_not_undone_says_why_and_blames_another_process_only_for_a_taken_name() {
+        let _no_fork = no_fork();
+        let (d, path, next, c) = renaming_claim("undo-fails");
+        let closed = closed_name(&path, 1_000_000_000);
+        // Every placeholder at FILE fails its lock: the second rename's, then the undo's.
+        let p = path.clone();
+        let no_locks = move |at: &Path| {
+            if at == p {
+                PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = Some(p.clone()));
+            }
+        };
+        let e = in_windows(no_locks, || c.rotate(&closed)).expect_err("refused");
+        PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = None);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: locking the empty file made there first, for a rename that never replaces: No locks \
+                 available (os error 37); renaming it back failed the same way; what this run wrote is in {}",
+                path.display(),
+                closed.display()
+            )
+        );
+        assert_eq!(std::fs::read(&closed).expect("closed"), b"this run", "nothing written lost");
+        assert!(!path.exists() && !next.exists(), "no placeholder left, nor a new file");
+        // The second rename's lock fails, then another run makes FILE before the undo: its name
+        // taken, said as another process's file.
+        std::fs::rename(&closed, &path).expect("put back");
+        PLACEHOLDER_LOCK_FAILS.with(|f| *f.borrow_mut() = Some(path.clone()));
+        let p = path.clone();
+        let make = move |at: &Path| {
+            let failed = PLACEHOLDER_LOCK_FAILS.with(|f| f.borrow().is_none());
+            if at == p && failed && !p.exists() {
+                std::fs::write(&p, b"another run's").expect("another run's FILE");
+            }
+        };
+        let e = in_windows(make, || c.rotate(&closed)).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--hlog {}: locking the empty file made there first, for a rename that never replaces: No locks \
+                 available (os error 37): another process made this file between the two renames of a rotation \
+                 without hard links; what this run wrote is in {}",
+                path.display(),
+                closed.display()
+            )
+        );
+        assert_eq!(std::fs::read(&path).expect("FILE"), b"another run's", "kept, not replaced");
+        // An undo that failed another way than the second rename: both causes said.
+        let undo = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = not_undone(std::io::Error::from_raw_os_error(libc::EIO), &undo, &closed);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Input/output error (os error 5); renaming it back failed: No space left on device (os error 28); \
+                 what this run wrote is in {}",
+                closed.display()
+            )
+        );
         renames_only(false);
         drop(c);
         let _ = std::fs::remove_dir_all(&d);

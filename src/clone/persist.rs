@@ -1635,6 +1635,7 @@ mod tests {
 
     #[test]
     fn a_data_dir_is_used_by_one_store_at_a_time() {
+        let _no_fork = crate::test_forks::no_fork();
         let (d, s) = one_record("lock");
         // A second open (as a second server would do) is refused before it reads or writes.
         let e = Store::open(&d).err().expect("the directory is in use");
@@ -1661,6 +1662,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_whose_rename_fails_stays_pending_and_a_start_puts_it_in_place_with_the_log_after_it() {
+        let _no_fork = crate::test_forks::no_fork();
         // Session 25's note: a failed rename whose put-back of the log also failed left the store
         // appending to a fresh log that a start rolled back (it removed `log.old` with no
         // `snapshot.peer` beside it). Now nothing is put back: the snapshot is complete with its
@@ -1683,6 +1685,7 @@ mod tests {
 
     #[test]
     fn a_full_snapshot_written_elsewhere_keeps_the_appends_made_meanwhile_at_any_crash() {
+        let _no_fork = crate::test_forks::no_fork();
         // The serving thread appends while the compactor writes the frozen map: those records
         // follow it, held until the log moves aside, then the first of the fresh log.
         for point in ["frozen", "written", "log-moved", "placed"] {
@@ -1723,6 +1726,7 @@ mod tests {
 
     #[test]
     fn a_resync_ended_while_the_maps_snapshot_is_written_leaves_that_snapshot_alone() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: a re-sync open when the map's full snapshot began kept its claim on
         // `snapshot.peer`; its end (KTHXBAI, a timeout, a takeover) removed the file the
         // compactor wrote the map to, the log then moved to `log.old`, and the switch, finding no
@@ -1755,6 +1759,7 @@ mod tests {
 
     #[test]
     fn updates_past_the_held_bound_while_the_map_is_written_are_dropped_and_said_lost() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: every update that arrived while the compactor wrote the map was held in memory,
         // however many, for as long as a slow disk took. Past HELD_MAX_BYTES they are dropped,
         // the snapshot ends with them said lost (the server falls behind: another full snapshot),
@@ -1787,6 +1792,7 @@ mod tests {
 
     #[test]
     fn a_failed_append_after_a_snapshot_keeps_the_later_acknowledged_updates() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: the snapshot cut the log to its header but left the last flushed end at the
         // old length; the rollback after a failed append grew the log back with zeros, the
         // next records went after them, and recovery stopped at the zeros (offset 8): every
@@ -1852,6 +1858,7 @@ mod tests {
 
     #[test]
     fn a_compaction_folds_the_old_segment_while_new_records_go_to_the_new_log() {
+        let _no_fork = crate::test_forks::no_fork();
         let (d, mut s) = compaction_case("compact");
         let before = recovered_state_of_open(&d, &mut s);
         let handle = s.rotate().expect("rotate").expect("a new log");
@@ -1887,6 +1894,7 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_point_of_a_compaction_loses_no_acknowledged_update() {
+        let _no_fork = crate::test_forks::no_fork();
         // Where a kill -9 can leave the files: after the rotation; with a temp snapshot half
         // written; after the new snapshot's rename, before the segment is removed.
         for point in ["rotated", "tmp", "renamed"] {
@@ -1921,6 +1929,7 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_point_of_a_full_snapshot_recovers_the_files_before_it_or_after_it_never_a_mix() {
+        let _no_fork = crate::test_forks::no_fork();
         // The map written whole at 152 (a passive re-synced to an active behind the old files'
         // 200 and could not write its snapshot as it arrived: the old log's records 153..=200 are
         // of another history, never to come back over it) or at 300 (the usual case). Before, a
@@ -2014,6 +2023,7 @@ mod tests {
 
     #[test]
     fn a_crash_at_any_point_of_a_resync_recovers_the_files_before_it_or_after_it_never_a_mix() {
+        let _no_fork = crate::test_forks::no_fork();
         // The active's map at 150 (behind the old files' 200: their records past it must not
         // come back over it) or at 300 (ahead, the usual case); with or without a `log.prev`.
         // A crash once the re-sync's file is complete and its end written rolls forward: the
@@ -2117,6 +2127,7 @@ mod tests {
 
     #[test]
     fn a_full_snapshot_while_a_resync_arrives_ends_that_resync_unwritten_and_stays_whole() {
+        let _no_fork = crate::test_forks::no_fork();
         // Both go through `snapshot.peer`: the re-sync's writer must not write into the full
         // snapshot's file (renamed to `snapshot`) when it ends.
         let (d, mut s) = compaction_case("full-during-resync");
@@ -2137,6 +2148,7 @@ mod tests {
 
     #[test]
     fn a_crash_before_a_resyncs_switch_rolls_forward_keeping_the_old_files_aside_when_asked() {
+        let _no_fork = crate::test_forks::no_fork();
         // The active's map behind this server's files: they are copied aside before the
         // start puts the re-sync in place, as the compactor would have.
         let (d, s, before, after) = resync_case("resync-forward-aside", 150, true, true);
@@ -2167,6 +2179,7 @@ mod tests {
 
     #[test]
     fn a_resync_put_in_place_keeps_the_appends_after_it_and_the_old_files_aside_when_asked() {
+        let _no_fork = crate::test_forks::no_fork();
         let (d, mut s, before, after) = resync_case("resync-switch", 150, true, false);
         assert_eq!(s.switch_pending(), Some(false));
         assert!(s.rotate().expect("no rotation").is_none(), "the switch goes first");
@@ -2209,6 +2222,7 @@ mod tests {
 
     #[test]
     fn a_resync_whose_file_failed_or_was_abandoned_changes_nothing() {
+        let _no_fork = crate::test_forks::no_fork();
         let (d, mut s) = compaction_case("resync-abandon");
         let before = recovered_state_of_open(&d, &mut s);
         // Abandoned (a timeout, a takeover): the file goes.
@@ -2232,6 +2246,7 @@ mod tests {
 
     #[test]
     fn a_temp_snapshot_a_crash_left_is_removed_at_start_and_said() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: a kill -9 while a snapshot was written left `snapshot.tmp` (up to the map's
         // size) until the next snapshot, and nothing said it.
         let (d, s) = one_record("tmp-leftover");
@@ -2322,6 +2337,7 @@ mod tests {
 
     #[test]
     fn log_and_snapshot_recover() {
+        let _no_fork = crate::test_forks::no_fork();
         let d = tmpdir("rt");
         let (mut s, r) = Store::open(&d).expect("open");
         assert!(r.records.is_empty());
@@ -2340,6 +2356,7 @@ mod tests {
 
     #[test]
     fn corrupt_tail_is_reported_and_the_rest_recovered() {
+        let _no_fork = crate::test_forks::no_fork();
         let d = tmpdir("tail");
         let (mut s, _) = Store::open(&d).expect("open");
         for i in 1..=3 {
@@ -2402,6 +2419,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_cut_inside_its_header_is_said_kept_aside_and_rewritten() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: 9-15 bytes (magic + part of the sequence) recovered as an empty map, silently.
         for cut in [0, 3, 8, 12, 15] {
             let (d, snap) = snapshot_and_log(&format!("snapcut{cut}"));
@@ -2424,6 +2442,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_damaged_mid_file_is_kept_aside_before_it_is_rewritten() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: reported, but not copied, so the next snapshot rewrite destroyed the evidence.
         let (d, mut snap) = snapshot_and_log("snapmid");
         let last = snap.len() - 1;
@@ -2447,6 +2466,7 @@ mod tests {
 
     #[test]
     fn a_log_cut_inside_its_header_is_truncated_not_bad_magic() {
+        let _no_fork = crate::test_forks::no_fork();
         // Before: `not an mdsub clone log file (bad magic)`, and the server refused to start.
         let (d, _) = snapshot_and_log("logcut");
         std::fs::write(d.join("log"), &LOG_MAGIC[..5]).expect("cut");

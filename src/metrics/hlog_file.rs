@@ -458,6 +458,7 @@ mod tests {
     /// else is refused and left as it was; a closed name taken is refused, nothing replaced.
     #[test]
     fn an_earlier_runs_log_is_kept_by_its_start_and_anything_else_is_refused() {
+        let _no_fork = crate::test_forks::no_fork();
         let d = crate::test_dir("hlog-file-previous");
         let path = d.join("p.hlog");
         let t = 1_796_576_400_002_000_000u64;
@@ -555,6 +556,7 @@ mod tests {
     /// start 0.5 ms or more past a ms was named a ms later, from its rounded `StartTime`.
     #[test]
     fn an_earlier_log_is_kept_under_the_name_its_rotation_gives_it() {
+        let _no_fork = crate::test_forks::no_fork();
         let d = crate::test_dir("hlog-file-previous-name");
         let path = d.join("e.hlog");
         // A run rotating at a start 0.7 ms past a ms linked its file as its closed name and ended.

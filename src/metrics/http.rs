@@ -655,13 +655,15 @@ mod tests {
             return out_of_descriptors_in_this_process();
         }
         let name = "metrics::http::tests::out_of_descriptors_the_listener_is_paused_and_the_open_are_served";
-        let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-            .args([name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(EMFILE_CHILD, "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the child");
+        // Apart from the tests a fork would break (crate::test_forks).
+        let mut child = crate::test_forks::spawn(
+            std::process::Command::new(std::env::current_exe().expect("the test binary"))
+                .args([name, "--exact", "--nocapture", "--test-threads=1"])
+                .env(EMFILE_CHILD, "1")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .expect("the child");
         let t0 = std::time::Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
