@@ -29,3 +29,35 @@ pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
     let _forking = FORKS.write().unwrap_or_else(PoisonError::into_inner);
     cmd.spawn()
 }
+
+/// Run the lib test `name` again, alone, in a child process with `env` set to `1` (the test's
+/// child part: what this process cannot watch or must not do, e.g. read its own stderr, lower its
+/// own limits), and wait for its end, 30 s at most (then ended by its pid): its exit status
+/// (`None` when it took longer), stdout and stderr.
+pub(crate) fn rerun_test_in_child(name: &str, env: &str) -> (Option<std::process::ExitStatus>, String, String) {
+    use std::io::Read as _;
+    let mut child = spawn(
+        std::process::Command::new(std::env::current_exe().expect("the test binary"))
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(env, "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+    .expect("the child");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20)); // polling the child's exit, bounded above
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
+    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+    (status, out, err)
+}

@@ -78,10 +78,11 @@ pub struct ServerArgs {
     pub access: ServerAccessArgs,
     /// Print no progress: no `ready on` line, state changes, snapshot fetches and re-syncs
     /// done, snapshots written or `stopped` line. Errors and warnings are still said: refusals,
-    /// updates that could not be published, a passive server that fell behind its active peer
-    /// (a gap in its sequence, a HUGZ ahead, its snapshot request unanswered) and re-syncs, the
-    /// data directory's failures. All but the update log's repeat as refusals do: the first at
-    /// once, then a summary every 10s and what went unsaid at the stop (the log's failed writes
+    /// updates and HUGZ that could not be published (each said as what it is), a passive server
+    /// that fell behind its active peer (a gap in its sequence, a HUGZ ahead, its snapshot
+    /// request unanswered) and re-syncs, the data directory's failures. All but the update log's
+    /// repeat as refusals do: the first at once, then a summary every 10s and what went unsaid
+    /// at the stop, with the totals of failed publishes and re-syncs (the log's failed writes
     /// and fsyncs: the first 10, then every 1000th, with the count).
     #[arg(long, short)]
     pub quiet: bool,

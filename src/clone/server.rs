@@ -365,14 +365,21 @@ impl Server {
     /// Hand `event` to the core and carry out what it asks, in order.
     fn step(&mut self, event: Event, now_ns: u64) -> Result<(), AgentError> {
         let mut actions = std::mem::take(&mut self.actions);
-        let r = self.core.on_event(event, now_ns, &mut actions);
-        let ran = match r {
-            Ok(()) => self.run(&mut actions, now_ns),
-            Err(e) => Err(fatal(e)),
-        };
+        let ran = self.handle(event, now_ns, &mut actions);
         actions.clear();
         self.actions = actions; // reused: no allocation per message
         ran
+    }
+
+    /// Hand `event` to the core and carry out `actions`, what it asks. After a fatal error they
+    /// are the lines that led to it ([`ServerCore::on_event`]): said before the error is
+    /// returned. Before, they were dropped unsaid: a passive that found itself paused, then
+    /// passive with its peer, stopped on `binary star: peer is passive while we are passive`
+    /// without the pause that explains it.
+    fn handle(&mut self, event: Event, now_ns: u64, actions: &mut Vec<Action>) -> Result<(), AgentError> {
+        let r = self.core.on_event(event, now_ns, actions);
+        self.run(actions, now_ns)?;
+        r.map_err(fatal)
     }
 
     /// Carry out `actions`; a log result is fed back to the core at once, and what it asks
@@ -382,10 +389,11 @@ impl Server {
             let reply = match a {
                 Action::Publish { msg, apply_at_ns } => {
                     // A failure is told to the core, which counts it and says what is due.
-                    let failed = msg
-                        .send(&self.publisher, None)
-                        .err()
-                        .map(|e| Event::PublishFailed { sequence: msg.sequence, error: e.to_string() });
+                    let failed = msg.send(&self.publisher, None).err().map(|e| Event::PublishFailed {
+                        sequence: msg.sequence,
+                        hugz: msg.key == kvmsg::HUGZ,
+                        error: e.to_string(),
+                    });
                     if let Some(at) = apply_at_ns {
                         self.core.published(msg, at);
                     }
@@ -474,9 +482,7 @@ impl Server {
                 }
             };
             if let Some(ev) = reply {
-                let mut more = Vec::new();
-                self.core.on_event(ev, now_ns, &mut more).map_err(fatal)?;
-                self.run(&mut more, now_ns)?;
+                self.handle(ev, now_ns, &mut Vec::new())?;
             }
         }
         Ok(())
@@ -1047,6 +1053,45 @@ mod tests {
             }
         }
         panic!("no block of 3 free ports");
+    }
+
+    /// The child of [`the_lines_that_led_to_a_fatal_error_are_said_before_it`]: set, it runs
+    /// the server whose stderr the parent reads.
+    const FATAL_CHILD: &str = "MDSUB_TEST_CLONE_SERVER_FATAL_CHILD";
+
+    /// A backup passive behind its active peer does not run for 5 s (SIGSTOP), then hears its
+    /// peer say PASSIVE: a fatal error. The pause the core noticed on the way is said first, then
+    /// the error. Before, the shell dropped that step's actions unrun: the error stood alone. A
+    /// child process (this test run again) so that its stderr, where the lines go, can be read.
+    #[test]
+    fn the_lines_that_led_to_a_fatal_error_are_said_before_it() {
+        if std::env::var_os(FATAL_CHILD).is_some() {
+            let (own, peer) = (free_ports(), free_ports());
+            let pair = PairConfig {
+                role: crate::clone::bstar::Role::Backup,
+                peer: format!("tcp://127.0.0.1:{}", peer + 1),
+                peer_state: format!("tcp://127.0.0.1:{}", peer + 2),
+                state_bind: format!("tcp://127.0.0.1:{peer}"),
+                heartbeat_ms: 100,
+            };
+            let cfg = ServerConfig { port: own, pair: Some(pair), ..ServerConfig::default() };
+            let mut s = Server::new(cfg).expect("server");
+            let t0 = crate::clock::monotonic_ns();
+            s.step(Event::PeerState(Some(State::Active)), t0).expect("passive");
+            assert_eq!(s.core.state_name(), "passive");
+            let e = s.step(Event::PeerState(Some(State::Passive)), t0 + 5_000_000_000).expect_err("fatal");
+            crate::diag!("{e}");
+            return;
+        }
+        let name = "clone::server::tests::the_lines_that_led_to_a_fatal_error_are_said_before_it";
+        let (status, out, err) = crate::test_forks::rerun_test_in_child(name, FATAL_CHILD);
+        assert!(status.is_some_and(|s| s.success()), "the child failed or took 30 s ({status:?}):\n{out}\n{err}");
+        assert!(out.contains("test result: ok. 1 passed"), "the child ran the test:\n{out}\n{err}");
+        let at = |what: &str| err.lines().position(|l| l.contains(what));
+        let pause = at("clone-server: binary star: this server did not run for 5s, longer than its peer waits");
+        let fatal = at("clone-server: binary star: peer is passive while we are passive: nobody would serve");
+        assert!(fatal.is_some(), "the error: {err}");
+        assert!(pause.is_some() && pause < fatal, "the pause said before the error: {err}");
     }
 
     #[test]

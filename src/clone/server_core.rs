@@ -75,9 +75,10 @@
 //! per interval, whatever `verbose` says); `STATUS?` shows the counts as `refused_REASON=N`.
 //! The same rule, in [`Refusals`] of their own, says what is not input refused but is an error or
 //! a warning all the same, `verbose` or not: a failed snapshot write, a publish the shell could
-//! not send ([`Event::PublishFailed`], `publish_failures`), a passive server that fell behind
+//! not send ([`Event::PublishFailed`], `publish_failures`; a HUGZ said as such, and counted in
+//! `hugz_failures` too: no update was missed), a passive server that fell behind
 //! its active peer (a gap, a HUGZ ahead) and re-syncs. At the stop ([`Event::Stopping`]) what
-//! went unsaid is said, and the total of failed publishes.
+//! went unsaid is said, and the totals of failed publishes (updates, HUGZ) and of re-syncs.
 //! A peer's `ttl` in the guide's reference servers' absolute form is made relative
 //! ([`normalize_peer_ttl`]) using the wall clock the shell gives ([`ServerCore::set_wall_ms`]).
 
@@ -312,15 +313,17 @@ pub enum Event {
     },
     /// The publisher could not send the message of an [`Action::Publish`] (subscribers miss it
     /// until their next snapshot): counted (`publish_failures`) and said like a refusal, whatever
-    /// `verbose` says.
+    /// `verbose` says; a HUGZ as such (`hugz_failures` too).
     PublishFailed {
         /// The message's sequence.
         sequence: u64,
+        /// It was a HUGZ (no update missed), not an update or an expiry's delete.
+        hugz: bool,
         /// What went wrong, for the line.
         error: String,
     },
-    /// The server stops: what went unsaid is said (the summaries due at the end of a run, and
-    /// the total of failed publishes).
+    /// The server stops: what went unsaid is said (the summaries due at the end of a run), and
+    /// the totals of failed publishes and of a passive's re-syncs.
     Stopping,
 }
 
@@ -532,6 +535,9 @@ pub struct Counters {
     /// Messages the publisher could not send (updates, expiry deletes, HUGZ; each counted in
     /// `published` or `hugz` too): subscribers miss them until their next snapshot.
     pub publish_failures: u64,
+    /// Of `publish_failures`, the HUGZ: no update missed, but a client that hears nothing for
+    /// its silence limit takes the server for dead and fails over.
+    pub hugz_failures: u64,
     /// Keys expired.
     pub expired: u64,
     /// Peer heartbeats that did not parse.
@@ -665,8 +671,11 @@ pub struct ServerCore {
     snapshot_backoff_ns: u64,
     /// Failed snapshot writes, said like refusals.
     snapshot_said: Refusals,
-    /// Failed publishes, said like refusals (the total again at the stop).
+    /// Failed publishes of updates and expiry deletes, said like refusals (the total again at
+    /// the stop).
     publish_said: Refusals,
+    /// Failed HUGZ publishes, said apart (no update missed) by the same rule.
+    hugz_said: Refusals,
     /// A passive that fell behind the active (a gap in its sequence, a HUGZ ahead) and
     /// re-syncs, or whose request for the active's snapshot went unanswered: a warning, said
     /// like refusals whatever `verbose` says.
@@ -734,6 +743,7 @@ impl ServerCore {
             snapshot_backoff_ns: 0,
             snapshot_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: snapshot not written")),
             publish_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: update not published")),
+            hugz_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: HUGZ not published")),
             resync_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as("passive: behind the active, re-syncing"),
             outbox: Vec::new(),
             expiries_lost: Vec::new(),
@@ -801,7 +811,11 @@ impl ServerCore {
     }
 
     /// Handle one event at `now_ns`, appending what to do to `out`. An error is fatal (Binary
-    /// Star found both servers in the same state).
+    /// Star found both servers in the same state): `out` then holds only lines, those the core
+    /// queued on the way to it (a pause noticed, a hold ended), for the shell to say before it
+    /// stops; nothing else is carried out, and nothing is published after it (the outbox is
+    /// dropped: updates a hold's end or a takeover replayed then are neither logged nor
+    /// published, the active peer publishes them under its own sequences).
     pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Action>) -> Result<(), BStarError> {
         self.observe_clock(now_ns, out);
         match event {
@@ -885,7 +899,7 @@ impl ServerCore {
             }
             Event::SnapshotWritten { lost } => self.map_snapshot_written(lost, now_ns, out),
             Event::SnapshotFailed { error } => self.snapshot_failed(&error, now_ns, out),
-            Event::PublishFailed { sequence, error } => self.publish_failed(sequence, &error, now_ns, out),
+            Event::PublishFailed { sequence, hugz, error } => self.publish_failed(sequence, hugz, &error, now_ns, out),
             Event::Stopping => self.stopping(out),
         }
         Ok(())
@@ -1015,7 +1029,7 @@ impl ServerCore {
             "state={}\nrole={}\nsequence={}\nkeys={}\npending={}\nmalformed_requests={}\n\
              malformed_updates={}\nmalformed_heartbeats={}\nduplicates={}\nrejected_votes={}\nsnapshots={}\n\
              published={}\nhugz={}\nexpired={}\npending_dropped={}\nlog_failures={}\n\
-             snapshot_failures={}\npublish_failures={}\ndurable={}\ndurable_why={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
+             snapshot_failures={}\npublish_failures={}\nhugz_failures={}\ndurable={}\ndurable_why={}\npeer_entries_refused={}\nabsolute_ttls={}\nsnapshots_abandoned={}\n\
              snapshots_client_gone={}\nsnapshot_send_errors={}\npauses={}\ndisk_stalls={}\nsyncs={}\nslow_syncs={}\nlongest_sync_ms={}\nsync_failures={}\n\
              compactions={}\ncompaction_failures={}\nlast_compaction_ms={}\nlast_compaction_error={}\n{}",
             self.state_name(),
@@ -1036,6 +1050,7 @@ impl ServerCore {
             c.log_failures,
             c.snapshot_failures,
             c.publish_failures,
+            c.hugz_failures,
             match self.durable() {
                 None => "off",
                 Some(true) => "yes",
@@ -1364,21 +1379,34 @@ impl ServerCore {
 
     /// The publisher could not send message `sequence`: counted, and said like a refusal (the
     /// first at once, then a summary per interval, the total at the stop), whatever `verbose`
-    /// says: an error, not progress.
+    /// says: an error, not progress. A HUGZ is said as what it is, apart: no update was missed.
+    /// Before, it was said as `update not published`, `subscribers miss it`.
     #[cold]
-    fn publish_failed(&mut self, sequence: u64, error: &str, now_ns: u64, out: &mut Vec<Action>) {
+    fn publish_failed(&mut self, sequence: u64, hugz: bool, error: &str, now_ns: u64, out: &mut Vec<Action>) {
         self.counters.publish_failures += 1;
-        let detail = format_args!(
-            "sequence {sequence}: {error}; subscribers miss it until their next snapshot (STATUS publish_failures)"
-        );
-        out.extend(self.publish_said.refuse("send_failed", &detail, now_ns).map(Action::Log));
+        let said = if hugz {
+            self.counters.hugz_failures += 1;
+            let detail = format_args!(
+                "sequence {sequence}: {error}; no update missed, but a client that hears nothing from this server \
+                 for its silence limit fails over (STATUS hugz_failures)"
+            );
+            self.hugz_said.refuse("send_failed", &detail, now_ns)
+        } else {
+            let detail = format_args!(
+                "sequence {sequence}: {error}; subscribers miss it until their next snapshot (STATUS publish_failures)"
+            );
+            self.publish_said.refuse("send_failed", &detail, now_ns)
+        };
+        out.extend(said.map(Action::Log));
     }
 
-    /// The end of the run: what went unsaid of the refusals and failures, and the total of
-    /// failed publishes however recent the last line.
+    /// The end of the run: what went unsaid of the refusals and failures, and the totals of
+    /// failed publishes (updates, HUGZ) and of a passive's re-syncs however recent the last
+    /// line (how often it fell behind, said at the stop whatever a summary said before).
     fn stopping(&mut self, out: &mut Vec<Action>) {
-        let unsaid = [&mut self.refusals, &mut self.snapshot_said, &mut self.resync_said].map(Refusals::flush);
-        out.extend(unsaid.into_iter().flatten().chain(self.publish_said.end()).map(Action::Log));
+        let unsaid = [&mut self.refusals, &mut self.snapshot_said].map(Refusals::flush);
+        let totals = [&mut self.publish_said, &mut self.hugz_said, &mut self.resync_said].map(Refusals::end);
+        out.extend(unsaid.into_iter().chain(totals).flatten().map(Action::Log));
     }
 
     /// Publish `o` (not a client's update); with a data dir it waits in the outbox until its
@@ -1828,7 +1856,10 @@ impl ServerCore {
 
     fn bstar_event(&mut self, ev: BEvent, now_ns: u64, out: &mut Vec<Action>) -> Result<bool, BStarError> {
         let Some(p) = self.pair.as_mut() else { return Ok(true) };
-        let o = p.bstar.on_event(ev, now_ns)?;
+        let o = match p.bstar.on_event(ev, now_ns) {
+            Ok(o) => o,
+            Err(e) => return Err(self.fatal(e, out)),
+        };
         if o.transition == Some((State::Active, State::Passive)) {
             out.push(Action::Log(format!(
                 "binary star: the peer took over while this server did not run: passive now, re-syncing from \
@@ -1840,6 +1871,21 @@ impl ServerCore {
             self.on_transition(from, to, now_ns, out);
         }
         Ok(o.accepted)
+    }
+
+    /// Binary Star found both servers in the same state (`e`): the shell stops. Of `out`, only
+    /// the lines stay (what led to it: a pause, a hold's end); the rest is dropped, and with the
+    /// outbox nothing is published at the stop either. What a hold's end or a takeover replayed
+    /// from the pending list (sequenced here, not yet logged or published) is neither: in a
+    /// split brain the peer is active and publishes those updates (clients send to both) under
+    /// its own sequences, which this server's would contradict to its subscribers; and its log
+    /// would keep updates nobody was told of, that a restart (passive, re-synced from the
+    /// peer) would take for updates the active lacks and keep aside.
+    #[cold]
+    fn fatal(&mut self, e: BStarError, out: &mut Vec<Action>) -> BStarError {
+        out.retain(|a| matches!(a, Action::Log(_)));
+        self.outbox.clear();
+        e
     }
 
     /// Sequence, log and publish the delete of `key`, which expired.
@@ -1854,7 +1900,7 @@ impl ServerCore {
         if let Some(l) = self.refusals.due(now_ns) {
             out.push(Action::Log(l));
         }
-        for said in [&mut self.snapshot_said, &mut self.publish_said, &mut self.resync_said] {
+        for said in [&mut self.snapshot_said, &mut self.publish_said, &mut self.hugz_said, &mut self.resync_said] {
             if let Some(l) = said.due(now_ns) {
                 out.push(Action::Log(l));
             }
@@ -2012,9 +2058,11 @@ mod tests {
                 let reply = match a {
                     Action::Publish { msg, apply_at_ns } => {
                         self.published.push(msg.clone());
-                        let failed = self
-                            .fail_publish
-                            .then(|| Event::PublishFailed { sequence: msg.sequence, error: "zmq send: ETERM".into() });
+                        let failed = self.fail_publish.then(|| Event::PublishFailed {
+                            sequence: msg.sequence,
+                            hugz: msg.key == HUGZ,
+                            error: "zmq send: ETERM".into(),
+                        });
                         if let Some(at) = apply_at_ns {
                             self.core.published(msg, at);
                         }
@@ -2333,7 +2381,12 @@ mod tests {
 
     /// A primary that heard its backup: ACTIVE, with `/a` published, running for a heartbeat.
     fn active_primary() -> Rig {
-        let mut r = Rig::new(cfg(Some(Role::Primary)), false);
+        active_primary_on(false)
+    }
+
+    /// [`active_primary`], with a data directory when `durable`.
+    fn active_primary_on(durable: bool) -> Rig {
+        let mut r = Rig::new(cfg(Some(Role::Primary)), durable);
         r.on(Event::PeerState(Some(State::Backup)));
         assert_eq!(r.state(), "active");
         r.on(Event::Update(Ok(upd("/a", "1", 1))));
@@ -2476,6 +2529,33 @@ mod tests {
         // The update held meanwhile is applied and published, HUGZ at once, ACTIVE heartbeat.
         assert_eq!(r.keys_published(), vec![("/b".into(), 2), ("HUGZ".into(), 2)]);
         assert!(r.other().contains(&Action::Heartbeat(State::Active)));
+    }
+
+    #[test]
+    fn a_fatal_error_keeps_the_lines_that_led_to_it_and_publishes_nothing_after_it() {
+        // A paused active's hold ends (the peer did not say ACTIVE): it is active again and
+        // replays the update held meanwhile; in the same step the peer's ACTIVE heartbeat comes:
+        // split brain, the server stops. Before, the shell dropped every action of that step
+        // unrun (the line that says why it was active too), and at its stop the durable one
+        // published the replayed update, which was never logged, from its outbox.
+        for durable in [false, true] {
+            let mut r = active_primary_on(durable);
+            resume_after(&mut r, 5000);
+            r.on(Event::PeerState(Some(State::Passive)));
+            r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+            r.logs.clear();
+            r.clock.advance_ms(HEARTBEAT_MS / 4);
+            let mut out = Vec::new();
+            let e = r.core.on_event(Event::PeerState(Some(State::Active)), r.clock.now_ns(), &mut out);
+            assert!(matches!(e, Err(BStarError::DualActive)), "durable={durable}: {e:?}");
+            let said = "binary star: the peer did not say it is active after the pause: active again";
+            assert_eq!(out, vec![Action::Log(said.into())], "durable={durable}: the line only");
+            // The shell's stop (`Server::on_close`): the log flushed, what went unsaid said.
+            r.on(Event::Flush);
+            r.on(Event::Stopping);
+            assert!(r.keys_published().is_empty(), "durable={durable}: nothing published after it");
+            assert!(r.appended.iter().all(|m| m.key != b"/b"), "durable={durable}: nor logged");
+        }
     }
 
     #[test]
@@ -2677,6 +2757,49 @@ mod tests {
         ok.put("/a", "1", 1);
         ok.on(Event::Stopping);
         assert!(ok.logs.is_empty(), "{:?}", ok.logs);
+    }
+
+    /// A HUGZ the publisher could not send is said as a HUGZ (no update missed), apart from the
+    /// updates, by the same rule, and counted in STATUS `hugz_failures` besides
+    /// `publish_failures`. Before, it was said as `update not published`, `subscribers miss it
+    /// until their next snapshot`, and STATUS could not tell it from a lost update.
+    #[test]
+    fn a_failed_hugz_is_said_as_a_hugz_not_an_update_and_counted_apart() {
+        let mut r = Rig::new(cfg(None), false);
+        r.fail_publish = true;
+        r.clock.advance_ms(1000);
+        r.on(Event::Tick);
+        assert_eq!(r.keys_published(), vec![("HUGZ".into(), 0)]);
+        assert_eq!(
+            std::mem::take(&mut r.logs),
+            vec![
+                "standalone: HUGZ not published (send_failed): sequence 0: zmq send: ETERM; no update missed, but \
+                 a client that hears nothing from this server for its silence limit fails over (STATUS \
+                 hugz_failures) (the first; more are counted and summarised every 10s)"
+            ]
+        );
+        // Two more HUGZ, counted, not said yet; then an update, said as one.
+        for _ in 0..2 {
+            r.clock.advance_ms(1000);
+            r.on(Event::Tick);
+        }
+        assert_eq!(r.put("/a", "1", 1), vec![("HUGZ".into(), 0), ("HUGZ".into(), 0), ("/a".into(), 1)]);
+        let said = std::mem::take(&mut r.logs);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].starts_with("standalone: update not published (send_failed): sequence 1: "), "{said:?}");
+        let c = r.core.counters();
+        assert_eq!((c.hugz, c.hugz_failures, c.published, c.publish_failures), (3, 3, 1, 4));
+        let status = r.core.status_text();
+        assert!(status.contains("\npublish_failures=4\nhugz_failures=3\n"), "{status}");
+        // At the stop, each total apart.
+        r.on(Event::Stopping);
+        assert_eq!(
+            std::mem::take(&mut r.logs),
+            vec![
+                "standalone: update not published in all: send_failed=1",
+                "standalone: HUGZ not published since the last line: send_failed=2 (totals: send_failed=3)"
+            ]
+        );
     }
 
     /// A passive that finds itself behind the active (a gap in the sequence, a HUGZ ahead) says

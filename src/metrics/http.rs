@@ -655,30 +655,7 @@ mod tests {
             return out_of_descriptors_in_this_process();
         }
         let name = "metrics::http::tests::out_of_descriptors_the_listener_is_paused_and_the_open_are_served";
-        // Apart from the tests a fork would break (crate::test_forks).
-        let mut child = crate::test_forks::spawn(
-            std::process::Command::new(std::env::current_exe().expect("the test binary"))
-                .args([name, "--exact", "--nocapture", "--test-threads=1"])
-                .env(EMFILE_CHILD, "1")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped()),
-        )
-        .expect("the child");
-        let t0 = std::time::Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break Some(status);
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20)); // polling the child's exit, bounded above
-        };
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
-        let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+        let (status, out, err) = crate::test_forks::rerun_test_in_child(name, EMFILE_CHILD);
         assert!(status.is_some_and(|s| s.success()), "the child failed or took 30 s ({status:?}):\n{out}\n{err}");
         assert!(out.contains("test result: ok. 1 passed"), "the child ran the test:\n{out}\n{err}");
         // Said once at once, then summed up at the end (every 10 s in a longer run).
