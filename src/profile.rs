@@ -582,6 +582,14 @@ impl Profile {
         if self.max_msg_bytes < 64 {
             return Err(invalid("max_msg_bytes", format!("{} is too small for a frame", self.max_msg_bytes)));
         }
+        // A batch record says its frame's length in 32 bits: a larger frame would be cut short.
+        let most = crate::engine::batch::MAX_FRAME_BYTES;
+        if self.max_msg_bytes as u64 > most as u64 {
+            return Err(invalid(
+                "max_msg_bytes",
+                format!("{} is above {most}, the largest frame a batch hand-off carries", self.max_msg_bytes),
+            ));
+        }
         if IdleStrategy::from_name(&self.idle).is_none() {
             return Err(invalid("idle", format!("`{}` is not one of spin, yield, backoff, block", self.idle)));
         }
@@ -980,6 +988,27 @@ mod tests {
         let p = Profile::auto(&holes, 1, 2);
         p.validate(&holes).expect("auto within a cpuset");
         assert_eq!((p.shards[0].io_core, p.shards[0].reader_core, p.workers[1].core), (Some(3), Some(5), Some(11)));
+    }
+
+    /// A batch record says its frame's length in 32 bits, `u32::MAX` its restamp: before, a
+    /// `max_msg_bytes` of 4 GiB or more passed, and a frame that long reached `batch::push`,
+    /// whose length field (`len as u32`) cut it short (or made it a restamp) in a release build.
+    #[test]
+    fn max_msg_bytes_is_held_to_what_a_batch_record_can_say() {
+        let most = crate::engine::batch::MAX_FRAME_BYTES as i64;
+        let mut p = Profile::builtin();
+        p.max_msg_bytes = most;
+        p.validate(&[0, 1]).expect("the largest frame a record holds");
+        for over in [most + 1, 1 << 32, i64::MAX] {
+            p.max_msg_bytes = over;
+            match p.validate(&[0, 1]) {
+                Err(ProfileError::Invalid { field, message }) => {
+                    assert_eq!(field, "max_msg_bytes");
+                    assert_eq!(message, format!("{over} is above {most}, the largest frame a batch hand-off carries"));
+                }
+                other => panic!("{over}: expected max_msg_bytes refused, got {other:?}"),
+            }
+        }
     }
 
     #[test]

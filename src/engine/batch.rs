@@ -58,6 +58,10 @@ pub fn read_stamp(msg: &[u8]) -> Option<(u16, u64)> {
 
 /// The length field of a restamp record (a frame this long cannot be sent).
 pub const RESTAMP_LEN: u32 = u32::MAX;
+/// The largest frame a record can hold: its length field is 32 bits and [`RESTAMP_LEN`] is
+/// taken. A profile's `max_msg_bytes` is held to it ([`crate::profile::Profile::validate`]), so
+/// libzmq drops a larger frame with its connection before the reader sees it.
+pub const MAX_FRAME_BYTES: usize = RESTAMP_LEN as usize - 1;
 /// A restamp record's size: the record overhead and the new receive time.
 pub const RESTAMP_BYTES: usize = RECORD_OVERHEAD + 8;
 
@@ -69,7 +73,7 @@ pub const RESTAMP_BYTES: usize = RECORD_OVERHEAD + 8;
 #[inline]
 pub fn push(staging: &mut Vec<u8>, stamp_ns: &mut u64, shard: u16, recv_ns: u64, topic_len: usize, frame: &[u8]) {
     debug_assert!(topic_len <= crate::wire::MAX_TOPIC_LEN, "a checked topic");
-    debug_assert!(frame.len() < RESTAMP_LEN as usize, "a frame libzmq can carry");
+    debug_assert!(frame.len() <= MAX_FRAME_BYTES, "a frame max_msg_bytes lets through");
     if staging.is_empty() {
         let mut header = [BATCH_MARK; HEADER_BYTES];
         header[1..3].copy_from_slice(&shard.to_le_bytes());
