@@ -1354,7 +1354,6 @@ impl ServerCore {
     fn whole_again(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         if self.disk_whole() && self.is_active() {
             self.replay_pending(now_ns, out);
-            self.flush(out);
         }
     }
 
@@ -1788,7 +1787,11 @@ impl ServerCore {
         }
     }
 
-    /// Active (and durable, or without a data dir): apply the pending list held as passive.
+    /// Active (and durable, or without a data dir): apply the pending list held as passive, and
+    /// flush the log, so that the updates are published in this step, as they are without a data
+    /// dir. Left in the outbox for the shell's next flush, a fatal error at the next heartbeat
+    /// of the same batch ([`ServerCore::fatal`]) dropped them after their appends had run: the
+    /// stop's flush wrote them to the log, never published.
     fn replay_pending(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         let Some(p) = self.pair.as_mut() else { return };
         let pending: Vec<KvMsg> = p.pending.drain(..).map(|(_, m)| m).collect();
@@ -1796,6 +1799,7 @@ impl ServerCore {
         for m in pending {
             self.apply_update(m, now_ns, out);
         }
+        self.flush(out);
         self.log(out, format_args!("applied {n} pending updates on takeover, sequence {}", self.sequence));
     }
 
@@ -1883,6 +1887,15 @@ impl ServerCore {
     /// peer) would take for updates the active lacks and keep aside.
     #[cold]
     fn fatal(&mut self, e: BStarError, out: &mut Vec<Action>) -> BStarError {
+        // The sequence goes back to before the first update dropped here (this step's, the
+        // latest): the stop's `stopped at sequence N` names what was published or logged.
+        let dropped = out.iter().filter_map(|a| match a {
+            Action::Publish { msg, .. } | Action::Append { msg, .. } if msg.key != HUGZ => Some(msg.sequence),
+            _ => None,
+        });
+        if let Some(first) = dropped.min() {
+            self.sequence = first.saturating_sub(1);
+        }
         out.retain(|a| matches!(a, Action::Log(_)));
         self.outbox.clear();
         e
@@ -2555,6 +2568,40 @@ mod tests {
             r.on(Event::Stopping);
             assert!(r.keys_published().is_empty(), "durable={durable}: nothing published after it");
             assert!(r.appended.iter().all(|m| m.key != b"/b"), "durable={durable}: nor logged");
+            // The stop's line (`stopped at sequence N`) names the last sequence published, not
+            // that of the replayed update dropped (2).
+            assert_eq!(r.core.sequence(), 1, "durable={durable}: the sequence of /a");
+        }
+    }
+
+    /// The hold ends at one heartbeat (PASSIVE: the peer did not take over) and the next, in the
+    /// same batch of the shell's (no flush between: `Server::drain_peer`), is ACTIVE: split
+    /// brain. What the hold's end replayed was logged by then (its appends ran at its step):
+    /// published at that step too, before the error, as a server without a data dir does. Before,
+    /// it waited in the outbox for a flush, the error dropped the outbox, and the stop's flush
+    /// wrote it to the log: logged and never published, what a restart takes for updates the
+    /// active lacks.
+    #[test]
+    fn what_a_hold_replayed_a_step_before_a_fatal_error_is_logged_and_published_or_neither() {
+        for durable in [false, true] {
+            let mut r = active_primary_on(durable);
+            resume_after(&mut r, 5000);
+            r.on(Event::PeerState(Some(State::Passive)));
+            r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+            r.clock.advance_ms(HEARTBEAT_MS / 4);
+            r.on(Event::PeerState(Some(State::Passive)));
+            assert!(r.logs.iter().any(|l| l.contains("active again")), "durable={durable}: {:?}", r.logs);
+            let mut out = Vec::new();
+            let e = r.core.on_event(Event::PeerState(Some(State::Active)), r.clock.now_ns(), &mut out);
+            assert!(matches!(e, Err(BStarError::DualActive)), "durable={durable}: {e:?}");
+            r.run(out);
+            // The shell's stop (`Server::on_close`).
+            r.on(Event::Flush);
+            r.on(Event::Stopping);
+            let published = r.keys_published().iter().any(|(k, _)| k == "/b");
+            let logged = r.appended.iter().any(|m| m.key == b"/b");
+            assert!(published, "durable={durable}: published at the hold's end, before the error (logged: {logged})");
+            assert_eq!(logged, durable, "durable={durable}: logged with a data dir");
         }
     }
 
