@@ -533,7 +533,8 @@ pub struct Counters {
     /// Snapshot writes that failed (retried with back-off).
     pub snapshot_failures: u64,
     /// Messages the publisher could not send (updates, expiry deletes, HUGZ; each counted in
-    /// `published` or `hugz` too): subscribers miss them until their next snapshot.
+    /// `published` or `hugz` too): subscribers miss the updates and deletes among them until
+    /// their next snapshot (the HUGZ among them are `hugz_failures`).
     pub publish_failures: u64,
     /// Of `publish_failures`, the HUGZ: no update missed, but a client that hears nothing for
     /// its silence limit takes the server for dead and fails over.
