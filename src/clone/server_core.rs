@@ -2410,6 +2410,16 @@ mod tests {
         r
     }
 
+    /// [`active_primary_on`] paused 5 s ([`resume_after`]), its peer's PASSIVE heartbeat heard,
+    /// a quarter heartbeat before its hold (two heartbeats) ends.
+    fn near_its_hold_end(durable: bool) -> Rig {
+        let mut r = active_primary_on(durable);
+        resume_after(&mut r, 5000);
+        r.on(Event::PeerState(Some(State::Passive)));
+        r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+        r
+    }
+
     /// Resume `r` after a pause of `ms` (SIGSTOP): the loop's first step is the tick whose
     /// heartbeat is overdue, before libzmq has handed over what the peer sent meanwhile.
     fn resume_after(r: &mut Rig, ms: u64) {
@@ -2529,12 +2539,9 @@ mod tests {
 
     #[test]
     fn a_paused_active_whose_peer_stayed_passive_serves_again_after_one_timeout() {
-        let mut r = active_primary();
-        resume_after(&mut r, 5000);
         // The backup's PASSIVE heartbeats (queued, or new): still held for the peer's timeout,
         // as an ACTIVE one may follow.
-        r.on(Event::PeerState(Some(State::Passive)));
-        r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+        let mut r = near_its_hold_end(false);
         assert!(r.keys_published().is_empty());
         assert!(!r.other().iter().any(|a| matches!(a, Action::Heartbeat(_))));
         r.tick_for(HEARTBEAT_MS / 4);
@@ -2553,10 +2560,7 @@ mod tests {
         // unrun (the line that says why it was active too), and at its stop the durable one
         // published the replayed update, which was never logged, from its outbox.
         for durable in [false, true] {
-            let mut r = active_primary_on(durable);
-            resume_after(&mut r, 5000);
-            r.on(Event::PeerState(Some(State::Passive)));
-            r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+            let mut r = near_its_hold_end(durable);
             r.logs.clear();
             r.clock.advance_ms(HEARTBEAT_MS / 4);
             let mut out = Vec::new();
@@ -2585,10 +2589,7 @@ mod tests {
     #[test]
     fn what_a_hold_replayed_a_step_before_a_fatal_error_is_logged_and_published_or_neither() {
         for durable in [false, true] {
-            let mut r = active_primary_on(durable);
-            resume_after(&mut r, 5000);
-            r.on(Event::PeerState(Some(State::Passive)));
-            r.tick_for(2 * HEARTBEAT_MS - HEARTBEAT_MS / 4);
+            let mut r = near_its_hold_end(durable);
             r.clock.advance_ms(HEARTBEAT_MS / 4);
             r.on(Event::PeerState(Some(State::Passive)));
             assert!(r.logs.iter().any(|l| l.contains("active again")), "durable={durable}: {:?}", r.logs);
