@@ -33,15 +33,19 @@ pub(crate) fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
 /// Run the lib test `name` again, alone, in a child process with `env` set to `1` (the test's
 /// child part: what this process cannot watch or must not do, e.g. read its own stderr, lower its
 /// own limits), and wait for its end, 30 s at most (then ended by its pid): its exit status
-/// (`None` when it took longer), stdout and stderr.
+/// (`None` when it took longer), stdout and stderr. The child writes them to files, read after
+/// its end: a pipe would stop a child that writes more than the pipe holds (64 KiB) until the
+/// kill, as nothing reads it meanwhile.
 pub(crate) fn rerun_test_in_child(name: &str, env: &str) -> (Option<std::process::ExitStatus>, String, String) {
-    use std::io::Read as _;
+    let file = |stream: &str| std::env::temp_dir().join(format!("mdsub-test-{}-{name}.{stream}", std::process::id()));
+    let (out_path, err_path) = (file("stdout"), file("stderr"));
+    let create = |p: &std::path::Path| std::fs::File::create(p).expect("the child's output file");
     let mut child = spawn(
         std::process::Command::new(std::env::current_exe().expect("the test binary"))
             .args([name, "--exact", "--nocapture", "--test-threads=1"])
             .env(env, "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
+            .stdout(create(&out_path))
+            .stderr(create(&err_path)),
     )
     .expect("the child");
     let t0 = std::time::Instant::now();
@@ -56,8 +60,10 @@ pub(crate) fn rerun_test_in_child(name: &str, env: &str) -> (Option<std::process
         }
         std::thread::sleep(std::time::Duration::from_millis(20)); // polling the child's exit, bounded above
     };
-    let (mut out, mut err) = (String::new(), String::new());
-    let _ = child.stdout.take().expect("stdout").read_to_string(&mut out);
-    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
-    (status, out, err)
+    let take = |p: &std::path::Path| {
+        let text = std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let _ = std::fs::remove_file(p);
+        text
+    };
+    (status, take(&out_path), take(&err_path))
 }
