@@ -1,11 +1,17 @@
 //! The reader → worker hand-off over inproc PUSH/PULL, the engine's deciding
 //! cost: each message as its own libzmq message, against batches built the
-//! engine's way (`engine::batch`), for the same 100-byte frames.
+//! engine's way (`engine::batch`), for the same 100-byte frames. `tally` prices what the
+//! worker does with each message's wire and total latencies (perf37): recorded into the
+//! histograms directly, against counted into a `StageTally`; and the fold of a tally into the
+//! histograms that it costs once a report period, for latencies over one bucket, over 4 (a
+//! healthy feed's µs to ms) and over all 27 of a stage (the most it reads: 2 × 27 648 entries).
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mdsub::engine::batch::{self, BatchIter};
+use mdsub::metrics::tally::StageTally;
+use mdsub::metrics::StageHistograms;
 use mdsub::wire::{self, Header, Kind};
 
 const MSGS: usize = 100_000;
@@ -81,5 +87,48 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// `n` (send, receive, done) times whose latencies spread over `buckets` buckets from 1 µs.
+fn latencies(n: usize, buckets: u32) -> Vec<(u64, u64, u64)> {
+    let sent = 1u64 << 62;
+    (0..n as u64)
+        .map(|i| {
+            let wire = 1_000 + (i * 7_919) % (2_048u64 << buckets).saturating_sub(1_000).max(1);
+            (sent, sent + wire, sent + wire + (i * 104_729) % (2_048u64 << buckets))
+        })
+        .collect()
+}
+
+fn tally(c: &mut Criterion) {
+    let lat = latencies(MSGS, 4);
+    let mut g = c.benchmark_group("tally");
+    g.throughput(Throughput::Elements(MSGS as u64));
+    g.bench_function("record_direct", |b| {
+        let mut h = StageHistograms::default();
+        b.iter(|| lat.iter().for_each(|&(s, r, d)| h.record_since_sent(s, r, d)))
+    });
+    g.bench_function("record_tally", |b| {
+        let (mut h, mut t) = (StageHistograms::default(), StageTally::default());
+        b.iter(|| lat.iter().for_each(|&(s, r, d)| t.record_since_sent(&mut h.out_of_bounds, s, r, d)))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("tally_fold");
+    // Per fold: a report period's 10 000 messages counted, then folded (the count is timed too).
+    for (name, buckets) in [("1_bucket", 0), ("4_buckets", 4), ("27_buckets", 26)] {
+        let lat = latencies(10_000, buckets);
+        let (mut h, mut t) = (StageHistograms::default(), StageTally::default());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                lat.iter().for_each(|&(s, r, d)| t.record_since_sent(&mut h.out_of_bounds, s, r, d));
+                t.fold_into(&mut h);
+            })
+        });
+        g.bench_function(format!("{name}_count_only"), |b| {
+            b.iter(|| lat.iter().for_each(|&(s, r, d)| t.record_since_sent(&mut h.out_of_bounds, s, r, d)));
+            t.fold_into(&mut h);
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, tally);
 criterion_main!(benches);

@@ -1,8 +1,9 @@
 //! Latency histograms per stage and the end-of-run report.
 //!
 //! Workers record into their own [`StageHistograms`] (no sharing on the hot
-//! path) and ship a copy to the collector over a crossbeam channel once per
-//! interval; the collector adds them up. Stages, all from the publisher's
+//! path; their wire and total stages counted first into a [`tally::StageTally`] laid out as
+//! the histograms and added in before a set is shipped) and ship a copy to the collector over
+//! a crossbeam channel once per interval; the collector adds them up. Stages, all from the publisher's
 //! intended send time (so coordinated omission shows as latency):
 //! `wire` = until the reader received the frame (the clock is read once per
 //! drain round, so the frames of one round share it, and again for a frame sent
@@ -25,6 +26,7 @@ pub mod http;
 pub mod prom;
 pub mod settings;
 pub mod store;
+pub mod tally;
 
 /// Highest latency recorded (60 s). A larger one is recorded as 60 s and counted per stage
 /// ([`OutOfBounds::clamped`]), and every output says so: the report (`≥60s` and a line
