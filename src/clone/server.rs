@@ -388,11 +388,11 @@ impl Server {
     fn run(&mut self, actions: &mut Vec<Action>, now_ns: u64) -> Result<(), AgentError> {
         for a in actions.drain(..) {
             let reply = match a {
-                Action::Publish { msg, apply_at_ns } => {
+                Action::Publish { msg, apply_at_ns, hugz } => {
                     // A failure is told to the core, which counts it and says what is due.
                     let failed = msg.send(&self.publisher, None).err().map(|e| Event::PublishFailed {
                         sequence: msg.sequence,
-                        hugz: msg.key == kvmsg::HUGZ,
+                        hugz,
                         error: e.to_string(),
                     });
                     if let Some(at) = apply_at_ns {

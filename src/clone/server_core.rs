@@ -317,7 +317,8 @@ pub enum Event {
     PublishFailed {
         /// The message's sequence.
         sequence: u64,
-        /// It was a HUGZ (no update missed), not an update or an expiry's delete.
+        /// It was a HUGZ (no update missed), not an update or an expiry's delete: the
+        /// action's `hugz`, not its key (a key `HUGZ` from a peer's snapshot is an update's).
         hugz: bool,
         /// What went wrong, for the line.
         error: String,
@@ -337,6 +338,11 @@ pub enum Action {
         msg: KvMsg,
         /// Apply it to the map at this time after sending.
         apply_at_ns: Option<u64>,
+        /// It is a HUGZ: a failed send is told as such ([`Event::PublishFailed`]'s `hugz`,
+        /// counted in `hugz_failures`). Said by the core from what it publishes, not from the
+        /// key: a map entry keyed `HUGZ` (a peer's snapshot can hold one) expires as the delete
+        /// of a key, whose failed send subscribers miss.
+        hugz: bool,
     },
     /// Send our Binary Star state to the peer.
     Heartbeat(State),
@@ -1457,20 +1463,20 @@ impl ServerCore {
         out.push(match o {
             Outgoing::Hugz(msg) => {
                 self.counters.hugz += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: true }
             }
             Outgoing::Expiry(msg) => {
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: false }
             }
             Outgoing::Republish(msg) => {
                 self.map.set_sequence(&msg.key, msg.sequence);
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: false }
             }
             Outgoing::Update(msg, at) => {
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: Some(at) }
+                Action::Publish { msg, apply_at_ns: Some(at), hugz: false }
             }
         });
     }
@@ -1515,7 +1521,7 @@ impl ServerCore {
         }
         self.last_pub_ns = now_ns;
         self.counters.published += 1;
-        out.push(Action::Publish { msg, apply_at_ns: Some(now_ns) });
+        out.push(Action::Publish { msg, apply_at_ns: Some(now_ns), hugz: false });
     }
 
     /// A client re-sent an update we already applied (it missed our KVPUB, e.g. because its
@@ -2100,11 +2106,11 @@ mod tests {
             let now = self.clock.now_ns();
             for a in actions {
                 let reply = match a {
-                    Action::Publish { msg, apply_at_ns } => {
+                    Action::Publish { msg, apply_at_ns, hugz } => {
                         self.published.push(msg.clone());
                         let failed = self.fail_publish.then(|| Event::PublishFailed {
                             sequence: msg.sequence,
-                            hugz: msg.key == HUGZ,
+                            hugz,
                             error: "zmq send: ETERM".into(),
                         });
                         if let Some(at) = apply_at_ns {
@@ -2950,6 +2956,41 @@ mod tests {
                 "standalone: update not published in all: send_failed=1",
                 "standalone: HUGZ not published since the last line: send_failed=2 (totals: send_failed=3)"
             ]
+        );
+    }
+
+    /// A key `HUGZ` is refused from clients, but a peer's snapshot entry keyed so is kept (with
+    /// its TTL): once active, its expiry publishes its delete, keyed `HUGZ`. A failed send of it
+    /// is an update's (subscribers miss a delete), not a HUGZ's. Before, the shell told it by the
+    /// key: counted in `hugz_failures` and said as `no update missed`.
+    #[test]
+    fn a_failed_delete_of_a_key_named_hugz_is_an_updates_failure_not_a_hugz() {
+        let mut r = Rig::passive_backup();
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        let mut m = KvMsg::new(HUGZ, 3, "v");
+        m.set_prop(kvmsg::TTL_PROP, "1");
+        r.on(Event::PeerSnapshot(Ok(m)));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert!(r.core.map().get(HUGZ).is_some(), "kept from the peer's snapshot");
+        // The peer falls silent; a client's vote makes this server take over.
+        r.tick_for(3 * HEARTBEAT_MS);
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        r.fail_publish = true;
+        r.logs.clear();
+        r.tick_for(1000);
+        let c = r.core.counters().clone();
+        assert_eq!(c.expired, 1, "the key expired");
+        assert!(c.hugz >= 1, "HUGZ published meanwhile");
+        assert_eq!((c.publish_failures, c.hugz_failures), (c.hugz + 1, c.hugz), "the delete is not a HUGZ");
+        assert!(
+            r.logs
+                .iter()
+                .any(|l| l.contains("update not published (send_failed)") && l.contains("subscribers miss it")),
+            "{:?}",
+            r.logs
         );
     }
 
