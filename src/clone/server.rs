@@ -372,10 +372,11 @@ impl Server {
     }
 
     /// Hand `event` to the core and carry out `actions`, what it asks. After a fatal error they
-    /// are the lines that led to it ([`ServerCore::on_event`]): said before the error is
-    /// returned. Before, they were dropped unsaid: a passive that found itself paused, then
-    /// passive with its peer, stopped on `binary star: peer is passive while we are passive`
-    /// without the pause that explains it.
+    /// are the lines that led to it ([`ServerCore::on_event`]), then the flush and publishes of
+    /// what earlier steps logged (their updates are acknowledged): carried out before the error
+    /// is returned, so before the sockets close. Before, the lines were dropped unsaid: a
+    /// passive that found itself paused, then passive with its peer, stopped on `binary star:
+    /// peer is passive while we are passive` without the pause that explains it.
     fn handle(&mut self, event: Event, now_ns: u64, actions: &mut Vec<Action>) -> Result<(), AgentError> {
         let r = self.core.on_event(event, now_ns, actions);
         self.run(actions, now_ns)?;
@@ -387,11 +388,11 @@ impl Server {
     fn run(&mut self, actions: &mut Vec<Action>, now_ns: u64) -> Result<(), AgentError> {
         for a in actions.drain(..) {
             let reply = match a {
-                Action::Publish { msg, apply_at_ns } => {
+                Action::Publish { msg, apply_at_ns, hugz } => {
                     // A failure is told to the core, which counts it and says what is due.
                     let failed = msg.send(&self.publisher, None).err().map(|e| Event::PublishFailed {
                         sequence: msg.sequence,
-                        hugz: msg.key == kvmsg::HUGZ,
+                        hugz,
                         error: e.to_string(),
                     });
                     if let Some(at) = apply_at_ns {

@@ -317,7 +317,8 @@ pub enum Event {
     PublishFailed {
         /// The message's sequence.
         sequence: u64,
-        /// It was a HUGZ (no update missed), not an update or an expiry's delete.
+        /// It was a HUGZ (no update missed), not an update or an expiry's delete: the
+        /// action's `hugz`, not its key (a key `HUGZ` from a peer's snapshot is an update's).
         hugz: bool,
         /// What went wrong, for the line.
         error: String,
@@ -337,6 +338,11 @@ pub enum Action {
         msg: KvMsg,
         /// Apply it to the map at this time after sending.
         apply_at_ns: Option<u64>,
+        /// It is a HUGZ: a failed send is told as such ([`Event::PublishFailed`]'s `hugz`,
+        /// counted in `hugz_failures`). Said by the core from what it publishes, not from the
+        /// key: a map entry keyed `HUGZ` (a peer's snapshot can hold one) expires as the delete
+        /// of a key, whose failed send subscribers miss.
+        hugz: bool,
     },
     /// Send our Binary Star state to the peer.
     Heartbeat(State),
@@ -590,6 +596,14 @@ enum Outgoing {
     Update(KvMsg, u64),
 }
 
+impl Outgoing {
+    fn msg(&self) -> &KvMsg {
+        match self {
+            Outgoing::Hugz(m) | Outgoing::Expiry(m) | Outgoing::Republish(m) | Outgoing::Update(m, _) => m,
+        }
+    }
+}
+
 struct PeerSync {
     deadline_ns: u64,
     map: KvMap,
@@ -683,6 +697,9 @@ pub struct ServerCore {
     resync_said: Refusals,
     /// Waiting for the flush: a failed append or flush loses the whole batch (see `log_failed`).
     outbox: Vec<Outgoing>,
+    /// The sequence when the current step began ([`ServerCore::on_event`]): a fatal error drops
+    /// what the step sequenced after it, and keeps what earlier steps did ([`ServerCore::fatal`]).
+    step_sequence: u64,
     /// Expired keys whose delete was lost with a failed log write: published again (a new
     /// sequence) at the next tick, unless the key holds a value by then.
     expiries_lost: Vec<Vec<u8>>,
@@ -747,6 +764,7 @@ impl ServerCore {
             hugz_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as(format!("{role}: HUGZ not published")),
             resync_said: Refusals::new(role, SUMMARY_INTERVAL_NS).said_as("passive: behind the active, re-syncing"),
             outbox: Vec::new(),
+            step_sequence: 0,
             expiries_lost: Vec::new(),
             wall_ms: 0,
             refusals: Refusals::new(role, SUMMARY_INTERVAL_NS),
@@ -812,12 +830,15 @@ impl ServerCore {
     }
 
     /// Handle one event at `now_ns`, appending what to do to `out`. An error is fatal (Binary
-    /// Star found both servers in the same state): `out` then holds only lines, those the core
-    /// queued on the way to it (a pause noticed, a hold ended), for the shell to say before it
-    /// stops; nothing else is carried out, and nothing is published after it (the outbox is
-    /// dropped: updates a hold's end or a takeover replayed then are neither logged nor
-    /// published, the active peer publishes them under its own sequences).
+    /// Star found both servers in the same state): of this step's work `out` then holds only
+    /// lines, those the core queued on the way to it (a pause noticed, a hold ended), for the
+    /// shell to say before it stops (updates a hold's end or a takeover replayed in this step
+    /// are neither logged nor published: the active peer publishes them under its own
+    /// sequences); what earlier steps logged and left waiting in the outbox is flushed and
+    /// published by the actions that follow those lines, before the shell stops
+    /// (`ServerCore::fatal`).
     pub fn on_event(&mut self, event: Event, now_ns: u64, out: &mut Vec<Action>) -> Result<(), BStarError> {
+        self.step_sequence = self.sequence;
         self.observe_clock(now_ns, out);
         match event {
             Event::PeerState(Some(s)) => {
@@ -1442,20 +1463,20 @@ impl ServerCore {
         out.push(match o {
             Outgoing::Hugz(msg) => {
                 self.counters.hugz += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: true }
             }
             Outgoing::Expiry(msg) => {
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: false }
             }
             Outgoing::Republish(msg) => {
                 self.map.set_sequence(&msg.key, msg.sequence);
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: None }
+                Action::Publish { msg, apply_at_ns: None, hugz: false }
             }
             Outgoing::Update(msg, at) => {
                 self.counters.published += 1;
-                Action::Publish { msg, apply_at_ns: Some(at) }
+                Action::Publish { msg, apply_at_ns: Some(at), hugz: false }
             }
         });
     }
@@ -1500,7 +1521,7 @@ impl ServerCore {
         }
         self.last_pub_ns = now_ns;
         self.counters.published += 1;
-        out.push(Action::Publish { msg, apply_at_ns: Some(now_ns) });
+        out.push(Action::Publish { msg, apply_at_ns: Some(now_ns), hugz: false });
     }
 
     /// A client re-sent an update we already applied (it missed our KVPUB, e.g. because its
@@ -1790,9 +1811,10 @@ impl ServerCore {
 
     /// Active (and durable, or without a data dir): apply the pending list held as passive, and
     /// flush the log, so that the updates are published in this step, as they are without a data
-    /// dir. Left in the outbox for the shell's next flush, a fatal error at the next heartbeat
-    /// of the same batch ([`ServerCore::fatal`]) dropped them after their appends had run: the
-    /// stop's flush wrote them to the log, never published.
+    /// dir. Left in the outbox for the shell's next flush, they were dropped by a fatal error at
+    /// the next heartbeat of the same batch after their appends had run (the stop's flush wrote
+    /// them to the log, never published); [`ServerCore::fatal`] now keeps what an earlier step
+    /// left in the outbox, and publishes it.
     fn replay_pending(&mut self, now_ns: u64, out: &mut Vec<Action>) {
         let Some(p) = self.pair.as_mut() else { return };
         let pending: Vec<KvMsg> = p.pending.drain(..).map(|(_, m)| m).collect();
@@ -1878,27 +1900,41 @@ impl ServerCore {
         Ok(o.accepted)
     }
 
-    /// Binary Star found both servers in the same state (`e`): the shell stops. Of `out`, only
-    /// the lines stay (what led to it: a pause, a hold's end); the rest is dropped, and with the
-    /// outbox nothing is published at the stop either. What a hold's end or a takeover replayed
-    /// from the pending list (sequenced here, not yet logged or published) is neither: in a
-    /// split brain the peer is active and publishes those updates (clients send to both) under
-    /// its own sequences, which this server's would contradict to its subscribers; and its log
-    /// would keep updates nobody was told of, that a restart (passive, re-synced from the
-    /// peer) would take for updates the active lacks and keep aside.
+    /// Binary Star found both servers in the same state (`e`): the shell stops. Only this
+    /// step's own work is dropped: of `out`, the lines stay (what led to it: a pause, a hold's
+    /// end) and the rest goes, and so do the outbox entries this step sequenced. What a hold's
+    /// end or a takeover replayed from the pending list here (sequenced, not yet logged or
+    /// published) is neither: in a split brain the peer is active and publishes those updates
+    /// (clients send to both) under its own sequences, which this server's would contradict to
+    /// its subscribers; and its log would keep updates nobody was told of, that a restart
+    /// (passive, re-synced from the peer) would take for updates the active lacks and keep aside.
+    ///
+    /// What earlier steps did came before the error and is kept, as if the heartbeat had come
+    /// in the next batch: their appends were carried out by the shell, so a client's update
+    /// waiting in the outbox for the batch's flush is flushed and published (its KVPUB, the
+    /// client's acknowledgement) by the actions queued after the lines, before the shell sees
+    /// the error and closes its sockets. Before, the outbox was cleared: the stop's flush
+    /// wrote such an update to the log, never published nor acknowledged; before session 36,
+    /// the stop's flush published it after the error instead, with the fatal step's replayed
+    /// updates.
     #[cold]
     fn fatal(&mut self, e: BStarError, out: &mut Vec<Action>) -> BStarError {
-        // The sequence goes back to before the first update dropped here (this step's, the
-        // latest): the stop's `stopped at sequence N` names what was published or logged.
-        let dropped = out.iter().filter_map(|a| match a {
-            Action::Publish { msg, .. } | Action::Append { msg, .. } if msg.key != HUGZ => Some(msg.sequence),
-            _ => None,
+        // Sequences only grow within a step (a failed log write gives them back in its own
+        // step): this step's are those above the one it began at, and the stop's `stopped at
+        // sequence N` names the last one published or logged.
+        let before = self.step_sequence;
+        self.sequence = self.sequence.min(before);
+        // A publish of an earlier step's entry can be in `out` (a flush with nothing to write
+        // published the outbox in this step): it stays, as that entry would.
+        out.retain(|a| match a {
+            Action::Log(_) => true,
+            Action::Publish { msg, .. } => msg.sequence <= before,
+            _ => false,
         });
-        if let Some(first) = dropped.min() {
-            self.sequence = first.saturating_sub(1);
+        self.outbox.retain(|o| o.msg().sequence <= before);
+        if !self.outbox.is_empty() {
+            self.flush(out);
         }
-        out.retain(|a| matches!(a, Action::Log(_)));
-        self.outbox.clear();
         e
     }
 
@@ -2070,11 +2106,11 @@ mod tests {
             let now = self.clock.now_ns();
             for a in actions {
                 let reply = match a {
-                    Action::Publish { msg, apply_at_ns } => {
+                    Action::Publish { msg, apply_at_ns, hugz } => {
                         self.published.push(msg.clone());
                         let failed = self.fail_publish.then(|| Event::PublishFailed {
                             sequence: msg.sequence,
-                            hugz: msg.key == HUGZ,
+                            hugz,
                             error: "zmq send: ETERM".into(),
                         });
                         if let Some(at) = apply_at_ns {
@@ -2607,6 +2643,78 @@ mod tests {
         }
     }
 
+    /// A split brain's step, its actions run as the shell does (`Server::handle`: its lines,
+    /// then what follows them), then the shell's stop (`Server::on_close`: a flush, what went
+    /// unsaid): the error, and the lines said of that step.
+    fn split_brain_then_stop(r: &mut Rig) -> Vec<String> {
+        let mut out = Vec::new();
+        let e = r.core.on_event(Event::PeerState(Some(State::Active)), r.clock.now_ns(), &mut out);
+        assert!(matches!(e, Err(BStarError::DualActive)), "{e:?}");
+        let said = out.iter().filter_map(|a| if let Action::Log(l) = a { Some(l.clone()) } else { None }).collect();
+        r.run(out);
+        r.on(Event::Flush);
+        r.on(Event::Stopping);
+        said
+    }
+
+    /// A client's update in one step, the active peer's heartbeat (split brain) in the next of
+    /// the same batch, before the batch's flush: the update came before the error, so it is
+    /// logged and published (its KVPUB, the client's acknowledgement), as if the heartbeat had
+    /// come in the next batch, and the stop's `stopped at sequence N` names it. Before, the
+    /// error dropped the outbox and the stop's flush wrote the update to the log: logged, never
+    /// published nor acknowledged.
+    #[test]
+    fn an_update_of_the_step_before_a_fatal_error_is_logged_and_published() {
+        for durable in [false, true] {
+            let mut r = active_primary_on(durable);
+            r.keys_published();
+            r.clock.advance_ms(1);
+            r.on(Event::Update(Ok(upd("/c", "3", 3))));
+            let published_at_once = !r.keys_published().is_empty();
+            assert_eq!(published_at_once, !durable, "durable={durable}: with a data dir it waits for the flush");
+            split_brain_then_stop(&mut r);
+            let c: Vec<_> = r.keys_published().into_iter().filter(|(k, _)| k != "HUGZ").collect();
+            if durable {
+                assert_eq!(c, vec![("/c".into(), 2)], "durable={durable}: published, with its sequence");
+            }
+            assert_eq!(r.appended.iter().any(|m| m.key == b"/c"), durable, "durable={durable}: logged with a data dir");
+            assert_eq!(r.core.map().get(b"/c").map(|e| e.sequence), Some(2), "durable={durable}: applied");
+            assert_eq!(r.core.sequence(), 2, "durable={durable}: the stop's sequence names it");
+        }
+    }
+
+    /// [`an_update_of_the_step_before_a_fatal_error_is_logged_and_published`], where the fatal
+    /// step also ends a hold and replays the update held meanwhile: that one, the step's own,
+    /// is dropped (neither logged nor published: the peer publishes it), the earlier step's
+    /// update is published, and the sequence goes back to it.
+    #[test]
+    fn a_fatal_step_drops_what_it_replayed_and_keeps_what_earlier_steps_logged() {
+        for durable in [false, true] {
+            let mut r = active_primary_on(durable);
+            r.keys_published();
+            r.logs.clear();
+            // No tick nor flush from here on (a tick flushes): the update waits in the outbox.
+            r.clock.advance_ms(1);
+            r.on(Event::Update(Ok(upd("/c", "3", 3))));
+            // Paused 5 s: the next step notices it and holds; a client's update is kept pending.
+            r.clock.advance_ms(5000);
+            r.on(Event::Update(Ok(upd("/b", "2", 2))));
+            assert!(r.logs.iter().any(|l| l.contains("did not run for 5s")), "durable={durable}: {:?}", r.logs);
+            assert_eq!(r.core.pending(), 1, "durable={durable}");
+            r.on(Event::PeerState(Some(State::Passive)));
+            // The hold ends at the next step, whose heartbeat is the peer's ACTIVE: split brain.
+            r.clock.advance_ms(2 * HEARTBEAT_MS);
+            let said = split_brain_then_stop(&mut r);
+            assert!(said.iter().any(|l| l.contains("active again")), "durable={durable}: {said:?}");
+            let keys: Vec<_> = r.keys_published().into_iter().filter(|(k, _)| k != "HUGZ").collect();
+            assert_eq!(keys, vec![("/c".into(), 2)], "durable={durable}: the earlier step's update only");
+            assert!(r.appended.iter().all(|m| m.key != b"/b"), "durable={durable}: the replayed one not logged");
+            assert_eq!(r.appended.iter().any(|m| m.key == b"/c"), durable, "durable={durable}");
+            assert!(r.core.map().get(b"/b").is_none(), "durable={durable}: the replayed one not applied");
+            assert_eq!(r.core.sequence(), 2, "durable={durable}: back to before the replayed update");
+        }
+    }
+
     #[test]
     fn a_passive_whose_data_is_newer_than_the_actives_snapshot_says_so_and_keeps_its_files_first() {
         // Issue bstar15-2: the backup recovered 44 keys at sequence 44, synced to the active's
@@ -2848,6 +2956,41 @@ mod tests {
                 "standalone: update not published in all: send_failed=1",
                 "standalone: HUGZ not published since the last line: send_failed=2 (totals: send_failed=3)"
             ]
+        );
+    }
+
+    /// A key `HUGZ` is refused from clients, but a peer's snapshot entry keyed so is kept (with
+    /// its TTL): once active, its expiry publishes its delete, keyed `HUGZ`. A failed send of it
+    /// is an update's (subscribers miss a delete), not a HUGZ's. Before, the shell told it by the
+    /// key: counted in `hugz_failures` and said as `no update missed`.
+    #[test]
+    fn a_failed_delete_of_a_key_named_hugz_is_an_updates_failure_not_a_hugz() {
+        let mut r = Rig::passive_backup();
+        r.on(Event::PeerLink(true));
+        r.on(Event::PeerSyncCheck);
+        assert_eq!(r.other(), vec![Action::RequestPeerSnapshot]);
+        let mut m = KvMsg::new(HUGZ, 3, "v");
+        m.set_prop(kvmsg::TTL_PROP, "1");
+        r.on(Event::PeerSnapshot(Ok(m)));
+        r.on(Event::PeerSnapshot(Ok(KvMsg::new(KTHXBAI, 5, ""))));
+        assert!(r.core.map().get(HUGZ).is_some(), "kept from the peer's snapshot");
+        // The peer falls silent; a client's vote makes this server take over.
+        r.tick_for(3 * HEARTBEAT_MS);
+        r.on(Event::Request { identity: b"c".to_vec(), request: Ok(Request::Snapshot { subtree: Vec::new() }) });
+        assert_eq!(r.state(), "active");
+        r.fail_publish = true;
+        r.logs.clear();
+        r.tick_for(1000);
+        let c = r.core.counters().clone();
+        assert_eq!(c.expired, 1, "the key expired");
+        assert!(c.hugz >= 1, "HUGZ published meanwhile");
+        assert_eq!((c.publish_failures, c.hugz_failures), (c.hugz + 1, c.hugz), "the delete is not a HUGZ");
+        assert!(
+            r.logs
+                .iter()
+                .any(|l| l.contains("update not published (send_failed)") && l.contains("subscribers miss it")),
+            "{:?}",
+            r.logs
         );
     }
 
