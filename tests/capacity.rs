@@ -1133,11 +1133,12 @@ fn a_trials_hold_counts_none_of_its_warm_up() {
 
 /// A grid flag that would be overridden is refused before any trial, exit 2, no folder: `--vary
 /// workers=1 --vary workers=2` searched one configuration, `builtin-2core workers=1 workers=2`,
-/// with 2 workers; `--handler verify` beside `--vary handler=…` was replaced by the grid's.
+/// with 2 workers; `--handler verify` beside `--vary handler=…` was replaced by the grid's
+/// (`--idle`, new, is refused beside `--vary idle` alike).
 #[test]
 fn a_grid_setting_given_twice_is_refused() {
     let dir = common::temp_dir("capacity-vary-twice");
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &str); 3] = [
         (
             &["--vary", "workers=1", "--vary", "idle=block", "--vary", "workers=2"],
             "error: capacity: --vary workers given twice (workers=1 and workers=2): one --vary per setting, every value in \
@@ -1147,6 +1148,11 @@ fn a_grid_setting_given_twice_is_refused() {
             &["--handler", "verify", "--vary", "handler=latency,work:1000"],
             "error: capacity: --handler verify and --vary handler=latency,work:1000: one gives every configuration's handler, \
              the other varies it; give one (--vary handler=verify,latency,work:1000 to compare them)\n",
+        ),
+        (
+            &["--idle", "spin", "--vary", "idle=block,backoff"],
+            "error: capacity: --idle spin and --vary idle=block,backoff: one gives every configuration's idle strategy, \
+             the other varies it; give one (--vary idle=spin,block,backoff to compare them)\n",
         ),
     ];
     for (flags, said) in cases {

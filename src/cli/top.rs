@@ -660,7 +660,7 @@ fn wrap_list(list: &str, width: usize) -> Vec<String> {
 
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let servers = store_servers(&args.store, "--store")?;
+    let servers = store_servers(&args.store)?;
     // The dashboard needs a terminal: without one, say so now, not after reaching the store.
     let tty = if args.once {
         None
