@@ -447,9 +447,21 @@ mod tests {
         for must in ["engine --store", "top --store", "clone-client --store"] {
             assert!(reach.iter().any(|r| r == must), "{must}: {reach:?}");
         }
-        let old = ["mdsub", "clone-client", "--server", "tcp://127.0.0.1:1", "get", "k"];
-        let e = command().try_get_matches_from(old).expect_err("--server refused").to_string();
-        assert!(e.contains("--server is now --store"), "{e}");
+    }
+
+    #[test]
+    fn an_old_spelling_is_refused_naming_the_new_one() {
+        // clap alone would have said `unexpected argument '--server'` with a tip for
+        // --server-key, another thing.
+        for (old, new) in [
+            (&["clone-client", "--server", "tcp://127.0.0.1:1", "get", "k"][..], "--server is now --store"),
+            (&["capacity", "--time-cap", "5m"][..], "--time-cap is now --max-duration"),
+        ] {
+            let argv = std::iter::once("mdsub").chain(old.iter().copied());
+            let e = command().try_get_matches_from(argv).expect_err("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{old:?}: {e}");
+            assert!(e.to_string().contains(new), "{old:?}: {e}");
+        }
     }
 
     #[test]

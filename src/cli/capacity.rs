@@ -89,12 +89,17 @@ pub struct CapacityArgs {
     /// Bisect until the failing and passing rates are this close, e.g. `5%`.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
     pub tolerance: f64,
-    /// Stop the whole search after this long (results so far are written, marked capped). A
-    /// search the cap stops before any rate failed has no knee, only `at least N msg/s`; a run
-    /// the cap stops before every configuration's knee was found (one not searched, or not
-    /// narrowed to --tolerance) has no winner (exit 5).
-    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    /// Stop the whole search after this long, as `engine --max-duration` (results so far are
+    /// written, marked capped). A search the cap stops before any rate failed has no knee, only
+    /// `at least N msg/s`; a run the cap stops before every configuration's knee was found (one
+    /// not searched, or not narrowed to --tolerance) has no winner (exit 5).
+    #[arg(long = "max-duration", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
+    /// The old spelling of --max-duration, refused with the new one's name.
+    #[arg(long = "time-cap", hide = true, value_parser = |_: &str| -> Result<String, String> {
+        Err("--time-cap is now --max-duration (as the engine's cap on its run): give --max-duration".into())
+    })]
+    pub old_time_cap: Option<String>,
     /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
     /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]

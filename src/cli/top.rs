@@ -57,7 +57,7 @@ pub struct TopArgs {
     /// (`(changed)` since start) and refused values follow its line.
     #[arg(long)]
     pub once: bool,
-    /// Give up when no server answers within this.
+    /// Give up when no server answers within this (e.g. 10s).
     #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     /// Idle strategy of the store client's agent thread.
