@@ -367,6 +367,103 @@ mod tests {
         }
     }
 
+    /// The refusal of `value` for `--long`, if `value` was refused for that flag (None when
+    /// taken, or when the command line failed for another reason: a required flag missing).
+    fn refusal(path: &[String], long: &str, value: &str) -> Option<String> {
+        let e = command().try_get_matches_from(argv(path, long, value)).err()?;
+        let text = e.to_string();
+        text.contains(&format!("invalid value '{value}' for '--{long}")).then_some(text)
+    }
+
+    /// `value` is a form `--long` takes: taken, or refused for its size alone (`--workers 1k`:
+    /// too many), not as something other than a count, a size or a duration.
+    fn form_taken(path: &[String], long: &str, value: &str) {
+        if let Some(e) = refusal(path, long, value) {
+            let form = ["not a ", "no unit", "unknown unit", "invalid digit"].iter().any(|w| e.contains(w));
+            assert!(!form, "{} --{long} {value}: {e}", path.join(" "));
+        }
+    }
+
+    #[test]
+    fn every_duration_count_and_size_flag_takes_the_vocabulary_s_forms() {
+        // Issue 7: durations always carry units, through one parser; counts take `2k`/`2M`;
+        // sizes `1Ki`. Before, `engine --forget-silent-after 0` was taken, a duration without
+        // its unit.
+        let mut checked = Vec::new();
+        for (path, sub) in &every_command() {
+            for arg in sub.get_arguments() {
+                let (Some(long), Some(names)) = (arg.get_long(), arg.get_value_names()) else { continue };
+                let name = names.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" ");
+                let at = format!("{} --{long}", path.join(" "));
+                match name.as_str() {
+                    "DURATION" => {
+                        for bare in ["0", "5"] {
+                            let e = refusal(path, long, bare).unwrap_or_else(|| panic!("{at} {bare}: taken"));
+                            assert!(e.contains("no unit; accepted: "), "{at} {bare}: {e}");
+                        }
+                        form_taken(path, long, "5s");
+                    }
+                    "COUNT" | "[NAME=]COUNT" => form_taken(path, long, "1k"),
+                    "BYTES" => {
+                        form_taken(path, long, "1Ki");
+                        form_taken(path, long, "2k");
+                    }
+                    _ => continue,
+                }
+                checked.push(at);
+            }
+        }
+        for must in [
+            "engine --forget-silent-after",
+            "clone-client --silence",
+            "clone-client set --ttl",
+            "replay --eos-wait",
+            "capacity --runs",
+            "replay --pause-at",
+            "clone-client watch --count",
+            "engine --hlog-keep",
+            "lvc --max-bytes",
+        ] {
+            assert!(checked.iter().any(|c| c == must), "{must} not walked: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn a_clone_store_is_reached_by_one_flag_name() {
+        // Issue 7: one name for one thing. Before, `engine` and `top` took the clone store's
+        // servers as `--store`, `clone-client` as `--server`.
+        let mut reach = Vec::new();
+        for (path, sub) in &every_command() {
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let Some(long) = arg.get_long() else { continue };
+                let names = arg.get_value_names().unwrap_or_default();
+                if names.iter().any(|n| n.as_str() == "[connect:]tcp://HOST:P") {
+                    reach.push(format!("{} --{long}", path.join(" ")));
+                }
+            }
+        }
+        let not_store: Vec<&String> = reach.iter().filter(|r| !r.ends_with(" --store")).collect();
+        assert!(not_store.is_empty(), "{not_store:?}");
+        for must in ["engine --store", "top --store", "clone-client --store"] {
+            assert!(reach.iter().any(|r| r == must), "{must}: {reach:?}");
+        }
+    }
+
+    #[test]
+    fn an_old_spelling_is_refused_naming_the_new_one() {
+        // clap alone would have said `unexpected argument '--server'` with a tip for
+        // --server-key, another thing.
+        for (old, new) in [
+            (&["clone-client", "--server", "tcp://127.0.0.1:1", "get", "k"][..], "--server is now --store"),
+            (&["capacity", "--time-cap", "5m"][..], "--time-cap is now --max-duration"),
+        ] {
+            let argv = std::iter::once("mdsub").chain(old.iter().copied());
+            let e = command().try_get_matches_from(argv).expect_err("refused");
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{old:?}: {e}");
+            assert!(e.to_string().contains(new), "{old:?}: {e}");
+        }
+    }
+
     #[test]
     fn every_timeout_refuses_zero() {
         // One rule for every `--timeout` (before: `top --timeout 0s` and `lvc-bench --timeout 0s`

@@ -92,7 +92,8 @@ pub enum ReplaceError {
 }
 
 impl Claimed {
-    /// Open `path` for `flag` (create it if missing, never truncate it first), lock it, then empty it.
+    /// Open `path` for `flag` (create it if missing, never truncate it first), lock it, then
+    /// empty it.
     pub fn claim(flag: &str, path: &Path) -> Result<Claimed, OutFileError> {
         let mut claimed = claim_all(&[(flag, path)])?;
         Ok(claimed.remove(0))
@@ -420,12 +421,32 @@ impl Claimed {
 fn not_undone(e: std::io::Error, undo: &std::io::Error, closed: &Path) -> std::io::Error {
     let why = if undo.kind() == std::io::ErrorKind::AlreadyExists {
         ": another process made this file between the two renames of a rotation without hard links".to_string()
-    } else if undo.to_string() == e.to_string() {
+    } else if same_os_error(undo, &e) {
         "; renaming it back failed the same way".to_string()
     } else {
         format!("; renaming it back failed: {undo}")
     };
     std::io::Error::new(e.kind(), format!("{e}{why}; what this run wrote is in {}", closed.display()))
+}
+
+/// An OS error with the step it came from, said `{doing}: {os}`: the error keeps its errno
+/// ([`os_error_of`]) where an `io::Error` made of the text alone would lose it.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {os}")]
+struct Doing {
+    doing: &'static str,
+    os: std::io::Error,
+}
+
+/// The errno of `e`, or of the OS error a [`Doing`] in it carries.
+fn os_error_of(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<Doing>()?.os.raw_os_error())
+}
+
+/// True when `a` and `b` are one OS error (one errno, one kind), however each was worded.
+/// Errors without an errno never are: each is said, whatever its text.
+fn same_os_error(a: &std::io::Error, b: &std::io::Error) -> bool {
+    os_error_of(a).is_some() && os_error_of(a) == os_error_of(b) && a.kind() == b.kind()
 }
 
 /// How [`Claimed::rotate`] closed the file.
@@ -445,7 +466,8 @@ thread_local! {
     pub(crate) static NO_HARD_LINKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// `std::fs::hard_link`; in tests, failing with `EPERM` (as vfat does) when [`NO_HARD_LINKS`] is set.
+/// `std::fs::hard_link`; in tests, failing with `EPERM` (as vfat does) when [`NO_HARD_LINKS`]
+/// is set.
 fn hard_link(from: &Path, to: &Path) -> std::io::Result<()> {
     #[cfg(test)]
     if NO_HARD_LINKS.with(std::cell::Cell::get) {
@@ -713,8 +735,8 @@ fn rename_over_placeholder(from: &Path, to: &Path, like: &File) -> std::io::Resu
         // Another process took it between its making and this lock: its file now.
         Ok(()) | Err(std::fs::TryLockError::WouldBlock) => return Err(exists()),
         Err(std::fs::TryLockError::Error(e)) => {
-            let said = format!("locking the empty file made there first, for a rename that never replaces: {e}");
-            return Err(undo(std::io::Error::new(e.kind(), said)));
+            let doing = "locking the empty file made there first, for a rename that never replaces";
+            return Err(undo(std::io::Error::new(e.kind(), Doing { doing, os: e })));
         }
     }
     std::fs::rename(from, to).inspect_err(|_| {
@@ -1062,7 +1084,8 @@ impl Judged {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             // This very file, linked there by a run that ended between a keep's two steps.
             Ok(_) if self.locked.0.is_named(&closed) => Ok(()),
-            // An empty file nobody holds: a placeholder a killed run left, taken ([`Claimed::rotate`]).
+            // An empty file nobody holds: a placeholder a killed run left, taken
+            // ([`Claimed::rotate`]).
             Ok(_) if empty_unheld(&closed).is_some() => Ok(()),
             Ok(_) => Err(keep_error(self.locked.named(), &closed, &std::io::Error::from_raw_os_error(libc::EEXIST))),
             Err(e) => Err(keep_error(self.locked.named(), &closed, &e)),
@@ -1378,7 +1401,8 @@ mod tests {
         let path = d.join("m.hgrm");
         let c = Claimed::claim("--hgrm", &path).expect("claim");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).expect("chmod");
-        // Root may give the file to anyone; another user keeps its own (then only the mode is kept).
+        // Root may give the file to anyone; another user keeps its own (then only the mode is
+        // kept).
         let root = unsafe { libc::geteuid() } == 0;
         if root {
             std::os::unix::fs::chown(&path, Some(4321), Some(8765)).expect("chown");
@@ -1891,6 +1915,23 @@ mod tests {
             )
         );
         assert_eq!(std::fs::read(&path).expect("FILE"), b"another run's", "kept, not replaced");
+        // The same errno is the same failure however each was worded; errors without an errno
+        // (before: compared by their text) are each said.
+        let lock = |os: std::io::Error| {
+            let doing = "locking the empty file made there first, for a rename that never replaces";
+            std::io::Error::new(os.kind(), Doing { doing, os })
+        };
+        let enolck = || std::io::Error::from_raw_os_error(libc::ENOLCK);
+        assert!(same_os_error(&lock(enolck()), &enolck()));
+        assert!(same_os_error(&lock(enolck()), &lock(enolck())));
+        assert!(!same_os_error(&lock(enolck()), &lock(std::io::Error::from_raw_os_error(libc::EIO))));
+        let text = || std::io::Error::other("a step failed");
+        let e = not_undone(text(), &text(), &closed);
+        let want = format!(
+            "a step failed; renaming it back failed: a step failed; what this run wrote is in {}",
+            closed.display()
+        );
+        assert_eq!(e.to_string(), want);
         // An undo that failed another way than the second rename: both causes said.
         let undo = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let e = not_undone(std::io::Error::from_raw_os_error(libc::EIO), &undo, &closed);

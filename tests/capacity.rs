@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// The flags every test's search shares: tiny trials, one run each, a cap.
 const SHORT: [&str; 10] =
-    ["--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--tolerance", "10%", "--time-cap", "90s"];
+    ["--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--tolerance", "10%", "--max-duration", "90s"];
 
 fn capacity(out: &Path, extra: &[&str]) -> Value {
     capacity_with(out, &SHORT, extra)
@@ -126,7 +126,8 @@ fn finds_a_known_limit_and_writes_every_output() {
     // Three runs a trial, judged by their medians: a run whose worker a build's link step
     // starved for its whole hold (p50 368 ms at 17812 msg/s between passes at 16484 and 18750)
     // is outvoted, where alone it failed the knee's confirmation.
-    let settings = ["--warmup", "200ms", "--hold", "300ms", "--runs", "3", "--tolerance", "10%", "--time-cap", "120s"];
+    let settings =
+        ["--warmup", "200ms", "--hold", "300ms", "--runs", "3", "--tolerance", "10%", "--max-duration", "120s"];
     let v = capacity_with(
         &dir,
         &settings,
@@ -362,7 +363,7 @@ fn carry_on_line(stdout: &str) -> &str {
 fn the_carry_on_command_runs_as_printed_each_configuration_from_its_own_rate() {
     let _one = serial();
     let dir = common::temp_dir("capacity-carry-on");
-    let settings = ["--warmup", "100ms", "--hold", "200ms", "--runs", "1", "--time-cap", "1s"];
+    let settings = ["--warmup", "100ms", "--hold", "200ms", "--runs", "1", "--max-duration", "1s"];
     let name = "builtin-2core handler=latency";
     // Its own start (1500) above every other's (1000): where it carries on from is its own.
     let own = format!("{name}=1500");
@@ -539,7 +540,8 @@ fn a_disk_that_fills_during_a_trial_is_said_once() {
     let len = f.metadata().expect("its size").len();
     f.set_len(len.saturating_sub(4096)).expect("a page back");
     let mut cmd = mdsub();
-    let settings = ["--warmup", "200ms", "--hold", "1s", "--runs", "1", "--time-cap", "90s", "--start-rate", "1000"];
+    let settings =
+        ["--warmup", "200ms", "--hold", "1s", "--runs", "1", "--max-duration", "90s", "--start-rate", "1000"];
     cmd.args(["capacity", "--out"]).arg(&fs.dir).args(settings);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(150));
     assert_eq!(code, Some(1), "{stdout}{stderr}");
@@ -613,7 +615,7 @@ fn a_trial_server_killed_mid_trial_ends_the_run_at_once() {
     let publisher = format!("connect:{control}");
     let mut cmd = mdsub();
     cmd.args(["capacity", "--out"]).arg(&dir).args(["--warmup", "200ms", "--hold", "2s", "--runs", "1"]);
-    cmd.args(["--time-cap", "90s", "--start-rate", "1k", "--publisher", &publisher]);
+    cmd.args(["--max-duration", "90s", "--start-rate", "1k", "--publisher", &publisher]);
     let mut cap = LineProc::spawn_with_stderr("capacity", &mut cmd);
     let err = cap.stderr.take().expect("stderr");
     // Said once the server took the trial's `go`: the capacity run now waits for its answer.
@@ -643,7 +645,7 @@ fn ctrl_c_ends_the_search_as_interrupted_not_capped() {
     // A warm-up long enough that the signal lands in it: the first interval in the trial's
     // .hlog comes one metrics interval (1 s) into the run. Three runs: the stop in the first
     // starts no other.
-    let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "3", "--time-cap", "90s"];
+    let settings = ["--warmup", "4s", "--hold", "300ms", "--runs", "3", "--max-duration", "90s"];
     cmd.args(["capacity", "--json", "--out"]).arg(&dir).args(settings);
     let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
     let err = p.stderr.take().expect("stderr");
@@ -867,13 +869,13 @@ fn a_time_cap_shorter_than_one_trial_is_refused_up_front() {
     let dir = common::temp_dir("capacity-short-cap");
     let out = dir.to_str().expect("utf8 path");
     let mut cmd = mdsub();
-    cmd.args(["capacity", "--time-cap", "3s", "--runs", "3", "--warmup", "500ms", "--hold", "2s", "--out", out]);
+    cmd.args(["capacity", "--max-duration", "3s", "--runs", "3", "--warmup", "500ms", "--hold", "2s", "--out", out]);
     let (code, stdout, err) = run_within("capacity", &mut cmd, Duration::from_secs(30));
     assert_eq!(code, Some(2), "{stdout}{err}");
     assert!(
         err.contains(
-            "--time-cap 3s is shorter than one trial: 3 run(s) x (500ms warm-up + 2s hold + 300ms to start) = 8.4s; \
-             give --time-cap 9s or more"
+            "--max-duration 3s is shorter than one trial: 3 run(s) x (500ms warm-up + 2s hold + 300ms to start) = 8.4s; \
+             give --max-duration 9s or more"
         ),
         "{err}"
     );
@@ -990,7 +992,7 @@ fn a_time_cap_before_any_failure_is_a_lower_bound_not_a_winner() {
     // 1.4 s as the cap counts it: the first trial sends for 1.1 s, so a second one never fits.
     // The schedule is long enough that a publisher starved on a loaded 2-core box, its last
     // send 40 ms late, still achieves 96 % of 1000 msg/s (a pass needs 95 %).
-    let settings = ["--warmup", "100ms", "--hold", "1s", "--runs", "1", "--time-cap", "2400ms"];
+    let settings = ["--warmup", "100ms", "--hold", "1s", "--runs", "1", "--max-duration", "2400ms"];
     // It may still fall short (before, with a 0.6 s schedule: 939 achieved once in 3 loaded
     // runs): then a rate did not pass before the cap, and what the run says follows from that
     // (summary.json's verdict). The run is made again, at most 3 times, for one whose trial
@@ -1133,11 +1135,12 @@ fn a_trials_hold_counts_none_of_its_warm_up() {
 
 /// A grid flag that would be overridden is refused before any trial, exit 2, no folder: `--vary
 /// workers=1 --vary workers=2` searched one configuration, `builtin-2core workers=1 workers=2`,
-/// with 2 workers; `--handler verify` beside `--vary handler=…` was replaced by the grid's.
+/// with 2 workers; `--handler verify` beside `--vary handler=…` was replaced by the grid's
+/// (`--idle`, new, is refused beside `--vary idle` alike).
 #[test]
 fn a_grid_setting_given_twice_is_refused() {
     let dir = common::temp_dir("capacity-vary-twice");
-    let cases: [(&[&str], &str); 2] = [
+    let cases: [(&[&str], &str); 3] = [
         (
             &["--vary", "workers=1", "--vary", "idle=block", "--vary", "workers=2"],
             "error: capacity: --vary workers given twice (workers=1 and workers=2): one --vary per setting, every value in \
@@ -1148,11 +1151,16 @@ fn a_grid_setting_given_twice_is_refused() {
             "error: capacity: --handler verify and --vary handler=latency,work:1000: one gives every configuration's handler, \
              the other varies it; give one (--vary handler=verify,latency,work:1000 to compare them)\n",
         ),
+        (
+            &["--idle", "spin", "--vary", "idle=block,backoff"],
+            "error: capacity: --idle spin and --vary idle=block,backoff: one gives every configuration's idle strategy, \
+             the other varies it; give one (--vary idle=spin,block,backoff to compare them)\n",
+        ),
     ];
     for (flags, said) in cases {
         let mut cmd = mdsub();
         cmd.args(["capacity", "--out"]).arg(&dir).args(["--warmup", "200ms", "--hold", "300ms", "--runs", "1"]);
-        cmd.args(["--time-cap", "1s"]).args(flags);
+        cmd.args(["--max-duration", "1s"]).args(flags);
         let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
         assert_eq!(code, Some(2), "{flags:?}: refused as a flag: {stdout}{stderr}");
         assert!(stderr.starts_with(said), "{flags:?}: said once: {stderr}");
@@ -1205,7 +1213,7 @@ fn a_configuration_the_time_cap_left_unsearched_keeps_the_winner_from_being_name
     let mut cmd = mdsub();
     // A trial counts 0.7 s against the cap and takes at least 0.4 s: the first configuration's
     // one trial (its maximum rate, passed) runs, the second's would end after the 1 s cap.
-    let settings = ["--warmup", "100ms", "--hold", "300ms", "--runs", "1", "--time-cap", "1s"];
+    let settings = ["--warmup", "100ms", "--hold", "300ms", "--runs", "1", "--max-duration", "1s"];
     cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(ONE_TRIAL).args(["--vary", "idle=block,backoff"]);
     let (code, stdout, stderr) = run_within("capacity", &mut cmd, Duration::from_secs(60));
     assert_eq!(code, Some(5), "no winner: {stdout}{stderr}");
@@ -1238,7 +1246,7 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
     let _one = serial();
     let dir = common::temp_dir("capacity-narrowing");
     let mut cmd = mdsub();
-    let settings = ["--warmup", "3s", "--hold", "300ms", "--runs", "1", "--time-cap", "90s"];
+    let settings = ["--warmup", "3s", "--hold", "300ms", "--runs", "1", "--max-duration", "90s"];
     let search = ["--start-rate", "1000", "--publisher-max-rate", "1500", "--sla", "p50=1s"];
     cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(search);
     let mut p = LineProc::spawn_with_stderr("capacity", &mut cmd);
@@ -1293,7 +1301,7 @@ fn ctrl_c_while_a_knee_is_narrowed_names_no_winner_and_where_to_carry_on() {
 fn the_carry_on_command_searches_only_what_is_left() {
     let _one = serial();
     let dir = common::temp_dir("capacity-left");
-    let settings = ["--warmup", "100ms", "--runs", "1", "--time-cap", "1s"];
+    let settings = ["--warmup", "100ms", "--runs", "1", "--max-duration", "1s"];
     let mut cmd = mdsub();
     cmd.args(["capacity", "--out"]).arg(&dir).args(settings).args(["--hold", "300ms"]).args(ONE_TRIAL);
     cmd.args(["--vary", "idle=block,backoff"]);

@@ -220,7 +220,7 @@ fn ctrl_c_ends_a_wait_for_a_peer_nobody_serves() {
     let port = unserved_port_block(3);
     let server = format!("tcp://127.0.0.1:{port}");
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
+    cmd.args(["clone-client", "--store", &server, "--timeout", "60s", "get", "/k"]).stderr(Stdio::piped());
     let p = Proc::spawn("clone-client", &mut cmd);
     // Its agent thread exists once the signal handler is in place.
     wait_until(DEADLINE, "the clone-client agent thread", || thread_cpu_ms(p.pid(), "clone-client").is_some());
@@ -497,7 +497,7 @@ fn operator_errors_are_refused_by_name_before_anything_runs() {
 fn a_silence_within_the_heartbeat_interval_is_warned_of_once() {
     let (code, _out, err) = run_within(
         "clone-client",
-        mdsub().args(["clone-client", "--server", &format!("tcp://127.0.0.1:{}", unserved_port_block(3))]).args([
+        mdsub().args(["clone-client", "--store", &format!("tcp://127.0.0.1:{}", unserved_port_block(3))]).args([
             "--silence",
             "100ms",
             "--timeout",
@@ -530,7 +530,7 @@ fn values_that_could_only_fail_or_be_misread_are_refused() {
             "at least 1",
         ),
         (&["clone-server", "--max-value-bytes", "0"], "'--max-value-bytes <BYTES>': at least 1"),
-        (&["clone-client", "--server", "tcp://127.0.0.1:1", "watch", "--count", "0"], "at least 1 (`dump` prints"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:1", "watch", "--count", "0"], "at least 1 (`dump` prints"),
         (&["capacity", "--sla", "p99=0ms", "--out", &out], "`0ms`: must be more than 0"),
         (
             &["capacity", "--start-rate", "10k", "--max-rate", "1k", "--out", &out],
@@ -617,34 +617,34 @@ fn every_refused_flag_value_exits_2_with_one_line() {
         (&["clone-server", "--max-key-bytes", "0"], "'--max-key-bytes <BYTES>': at least 1"),
         (&["clone-server", "--snapshot-hwm-msgs", "0"], "'--snapshot-hwm-msgs <COUNT>': at least 1"),
         // A ttl past the server's bound is refused here, not re-sent until --timeout.
-        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "/k", "v", "--ttl", "9000h"], "31536000s"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:1", "set", "/k", "v", "--ttl", "9000h"], "31536000s"),
         (
             &[
                 "clone-client",
-                "--server",
+                "--store",
                 "tcp://127.0.0.1:1",
-                "--server",
+                "--store",
                 "tcp://127.0.0.1:2",
-                "--server",
+                "--store",
                 "tcp://127.0.0.1:3",
                 "get",
                 "k",
             ],
-            "--server given 3 times",
+            "--store given 3 times",
         ),
         // A clone store is tcp only, checked before anything starts (second audit).
-        (&["clone-client", "--server", "ipc:///tmp/x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["clone-client", "--store", "ipc:///tmp/x", "get", "k"], "a clone store is reached over tcp only"),
         (&["clone-server", "--endpoint", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
         (&["top", "--once", "--store", "ipc:///tmp/x"], "a clone store is reached over tcp only"),
         (
             &["engine", "--endpoint", "tcp://127.0.0.1:1", "--store", "ipc:///x"],
             "a clone store is reached over tcp only",
         ),
-        (&["clone-client", "--server", "tcp://127.0.0.1:65534", "get", "k"], "a clone server is tcp://HOST:P"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:65534", "get", "k"], "a clone server is tcp://HOST:P"),
         (&["clone-server", "--endpoint", "tcp://127.0.0.1:*"], "needs tcp://HOST:P"),
         // Keys the server refuses are refused here, not waited on until --timeout.
-        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "", "v"], "an empty key"),
-        (&["clone-client", "--server", "tcp://127.0.0.1:1", "set", "HUGZ", "v"], "reserved by the protocol"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:1", "set", "", "v"], "an empty key"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:1", "set", "HUGZ", "v"], "reserved by the protocol"),
     ]);
 }
 
@@ -676,7 +676,7 @@ fn one_clone_server_given_twice_is_refused_not_taken_for_a_pair() {
     // had just left).
     let s = "tcp://127.0.0.1:1";
     assert_refused_with_usage(&[
-        (&["clone-client", "--server", s, "--server", s, "get", "k"], "--server tcp://127.0.0.1:1 given twice"),
+        (&["clone-client", "--store", s, "--store", s, "get", "k"], "--store tcp://127.0.0.1:1 given twice"),
         (&["top", "--once", "--store", s, "--store", s], "--store tcp://127.0.0.1:1 given twice: a pair is two"),
         (
             &["engine", "--endpoint", "tcp://127.0.0.1:2", "--store", s, "--store", s],
@@ -880,7 +880,7 @@ fn meaningless_values_are_refused_not_run_or_quietly_changed() {
         (&["engine", "--endpoint", "tcp://127.0.0.1:1", "--handler", "work:18446744073709551615"], "at most work:"),
         (&["demo", "--duration", "0s"], "must be more than 0"),
         (&["capacity", "--hold", "0s"], "must be more than 0"),
-        (&["clone-client", "--server", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
+        (&["clone-client", "--store", "tcp://127.0.0.1:1", "--timeout", "0s", "get", "k"], "must be more than 0"),
         // The in-process publisher's settings with an external one: --sndhwm-msgs was taken and
         // used by nobody (flags32); the replay behind --publisher has its own.
         (
@@ -1102,9 +1102,9 @@ fn each_endpoint_flag_names_only_the_forms_it_takes() {
         (&["lvc", "--frontend", "foo"], &format!("no transport; accepted: bind:EP, connect:EP or EP, {ep_like}")),
         (&["clone-server", "--endpoint", "foo"], "no transport; accepted: bind:tcp://HOST:P or tcp://HOST:P"),
         (&["top", "--store", "foo"], "no transport; accepted: connect:tcp://HOST:P or tcp://HOST:P"),
-        (&["clone-client", "--server", "bind:tcp://127.0.0.1:1", "get", "k"], "this socket can only connect"),
+        (&["clone-client", "--store", "bind:tcp://127.0.0.1:1", "get", "k"], "this socket can only connect"),
         // A clone store is tcp only: no inproc hint that names ipc.
-        (&["clone-client", "--server", "inproc://x", "get", "k"], "a clone store is reached over tcp only"),
+        (&["clone-client", "--store", "inproc://x", "get", "k"], "a clone store is reached over tcp only"),
         (&["top", "--store", "connect:inproc://x"], "a clone store is reached over tcp only"),
     ]);
 }
@@ -1135,7 +1135,7 @@ fn a_clone_server_name_that_does_not_resolve_is_the_cause_said_not_nothing_answe
     // does not resolve (what a shard's link says) was never said.
     let store = "tcp://nohost.invalid:5556";
     for (cmd, args) in [
-        ("clone-client", vec!["clone-client", "--server", store, "--timeout", "8s", "get", "k"]),
+        ("clone-client", vec!["clone-client", "--store", store, "--timeout", "8s", "get", "k"]),
         ("top", vec!["top", "--once", "--store", store, "--timeout", "8s"]),
     ] {
         let (code, out, err) = run_within(cmd, mdsub().args(&args), DEADLINE);
@@ -1417,6 +1417,7 @@ fn every_help_writes_endpoints_durations_counts_and_sizes_one_way() {
         "engine",
         "replay",
         "bench",
+        "capacity",
         "lvc",
         "tap",
         "lvc-bench",
@@ -1497,17 +1498,17 @@ fn dump_and_watch_escape_what_a_writer_put_in_keys_and_values() {
     let (_store, store) = store_server("store for hostile keys");
     let set = |k: &str, v: &str| {
         let (code, _, err) =
-            run_within("set", mdsub().args(["clone-client", "--server", &store, "set", k, v]), DEADLINE);
+            run_within("set", mdsub().args(["clone-client", "--store", &store, "set", k, v]), DEADLINE);
         assert_eq!(code, Some(0), "set {k:?}: {err}");
     };
     set("/evil\n/forged", "x\u{1b}[2J\\y");
-    let (code, out, err) = run_within("dump", mdsub().args(["clone-client", "--server", &store, "dump"]), DEADLINE);
+    let (code, out, err) = run_within("dump", mdsub().args(["clone-client", "--store", &store, "dump"]), DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "/evil\\n/forged=x\\u{1b}[2J\\\\y\n", "one line, escaped, the backslash doubled");
     // watch: the initial entry and a live change, each one line, escaped.
     let mut watch = Proc::spawn(
         "watch",
-        mdsub().args(["clone-client", "--server", &store, "watch", "--count", "1"]).stdout(Stdio::piped()),
+        mdsub().args(["clone-client", "--store", &store, "watch", "--count", "1"]).stdout(Stdio::piped()),
     );
     let lines = lines_of(watch.child.stdout.take().expect("stdout"));
     let initial = common::wait_line(&lines, DEADLINE, "the initial entry", |l| l.starts_with("initial "));
@@ -1520,27 +1521,27 @@ fn dump_and_watch_escape_what_a_writer_put_in_keys_and_values() {
 
 #[test]
 fn clone_client_takes_its_options_before_or_after_the_action() {
-    // Before: `clone-client set --help` did not list --server or --timeout, and `set /k v
-    // --server EP` was refused (`unexpected argument '--server'`): they went before the action only.
+    // Before: `clone-client set --help` did not list --server (now --store) or --timeout, and
+    // `set /k v --server EP` was refused (`unexpected argument`): they went before the action only.
     let set_help = help_of(&["clone-client", "set"]);
     let listed: Vec<String> = flags_in(&set_help).into_iter().map(|(f, _)| f).collect();
-    for flag in ["--server", "--timeout", "--silence", "--idle", "--curve-key", "--server-key", "--ttl"] {
+    for flag in ["--store", "--timeout", "--silence", "--idle", "--curve-key", "--server-key", "--ttl"] {
         assert!(listed.iter().any(|f| f == flag), "clone-client set --help lists {flag}: {set_help}");
     }
     let (_store, store) = store_server("store for options after the action");
     let run = |args: &[&str]| run_within("clone-client", mdsub().arg("clone-client").args(args), DEADLINE);
-    let (code, _, err) = run(&["set", "/after", "v1", "--server", &store, "--timeout", "10s"]);
+    let (code, _, err) = run(&["set", "/after", "v1", "--store", &store, "--timeout", "10s"]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, out, err) = run(&["--server", &store, "get", "/after"]);
+    let (code, out, err) = run(&["--store", &store, "get", "/after"]);
     assert_eq!((code, out.as_str()), (Some(0), "v1\n"), "{err}");
-    let (code, out, err) = run(&["get", "/after", "--server", &store]);
+    let (code, out, err) = run(&["get", "/after", "--store", &store]);
     assert_eq!((code, out.as_str()), (Some(0), "v1\n"), "{err}");
     // Given on both sides, clap would keep only the uses after the action (a pair split across it
     // would have been one server): refused, naming the flag and the action.
     assert_refused_with_usage(&[
         (
-            &["clone-client", "--server", &store, "get", "/after", "--server", "tcp://127.0.0.1:1"],
-            "--server given both before `get` and after it",
+            &["clone-client", "--store", &store, "get", "/after", "--store", "tcp://127.0.0.1:1"],
+            "--store given both before `get` and after it",
         ),
         (&["clone-client", "--timeout", "1s", "dump", "--timeout", "2s"], "--timeout given both before `dump`"),
         (&["clone-client", "get", "/k", "--curve-key", "/no/such.key"], "--curve-key needs --server-key"),
@@ -1648,7 +1649,7 @@ fn every_long_running_command_stops_with_its_report_once_its_run_is_under_way() 
     let dir = common::temp_dir("cli-under-way");
     let (_store, store) = store_server("store for watch and top");
     let (code, _, err) =
-        run_within("set", mdsub().args(["clone-client", "--server", &store, "set", "/sig18", "v"]), DEADLINE);
+        run_within("set", mdsub().args(["clone-client", "--store", &store, "set", "/sig18", "v"]), DEADLINE);
     assert_eq!(code, Some(0), "{err}");
     let unserved = format!("tcp://127.0.0.1:{}", unserved_port_block(1));
     let clone_port = common::free_port_block(4);
@@ -1699,7 +1700,7 @@ fn every_long_running_command_stops_with_its_report_once_its_run_is_under_way() 
         ),
         (
             "clone-client watch",
-            s(&["clone-client", "--server", &store, "watch"]),
+            s(&["clone-client", "--store", &store, "watch"]),
             Sign::Out("initial "),
             0,
             "clone-client: stopped:",

@@ -568,7 +568,7 @@ fn clone_client_cli_set_get_del_dump() {
     let (p, _s) = standalone();
     let srv = ep(p);
     let run = |args: &[&str]| {
-        let out = mdsub().arg("clone-client").arg("--server").arg(&srv).args(args).output().expect("clone-client runs");
+        let out = mdsub().arg("clone-client").arg("--store").arg(&srv).args(args).output().expect("clone-client runs");
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     assert_eq!(run(&["set", "/cli/a", "1"]).0, Some(0));
@@ -593,7 +593,7 @@ fn clone_client_set_over_the_servers_limits_is_refused_at_once() {
     let srv = ep(p);
     let run = |args: &[&str]| {
         let mut cmd = mdsub();
-        cmd.args(["clone-client", "--server", &srv, "--timeout", "60s"]).args(args);
+        cmd.args(["clone-client", "--store", &srv, "--timeout", "60s"]).args(args);
         run_within("clone-client", &mut cmd, Duration::from_secs(30))
     };
     let cases: [(&[&str], &str); 3] = [
@@ -625,7 +625,7 @@ fn clone_client_subtree_longer_than_the_servers_keys_is_refused_not_timed_out() 
     let long = "a".repeat(70_000);
     for (cmd, len) in [("dump", 70_000), ("watch", 70_000), ("dump", 1025)] {
         let mut c = mdsub();
-        c.args(["clone-client", "--server", &srv, "--timeout", "60s", cmd, &long[..len]]);
+        c.args(["clone-client", "--store", &srv, "--timeout", "60s", cmd, &long[..len]]);
         let (code, out, err) = run_within("clone-client", &mut c, Duration::from_secs(20));
         assert_eq!(code, Some(2), "{cmd} of {len} bytes: {out}{err}");
         assert_eq!(
@@ -638,7 +638,7 @@ fn clone_client_subtree_longer_than_the_servers_keys_is_refused_not_timed_out() 
         assert!(out.is_empty(), "{out}");
     }
     let mut c = mdsub();
-    c.args(["clone-client", "--server", &srv, "--timeout", "10s", "dump", &long[..1024]]);
+    c.args(["clone-client", "--store", &srv, "--timeout", "10s", "dump", &long[..1024]]);
     assert_eq!(run_within("clone-client", &mut c, Duration::from_secs(20)).0, Some(0), "at the limit: an empty dump");
     assert_eq!(status(p).get("state").map(String::as_str), Some("active"));
 }
@@ -660,7 +660,7 @@ fn clone_client_exit_codes_tell_an_absent_key_from_no_server() {
     ];
     for (srv, args, code, out, err) in table {
         let mut cmd = mdsub();
-        cmd.args(["clone-client", "--server", srv, "--timeout", "1s"]).args(args);
+        cmd.args(["clone-client", "--store", srv, "--timeout", "1s"]).args(args);
         let (got, stdout, stderr) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
         assert_eq!(got, Some(code), "{args:?} at {srv}: {stdout}{stderr}");
         assert!(if out.is_empty() { stdout.is_empty() } else { stdout.contains(out) }, "{args:?}: {stdout}");
@@ -677,7 +677,7 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
     let (p, _s) = standalone();
     let dead = format!("tcp://127.0.0.1:{}", free_port_block(3));
     let out = mdsub()
-        .args(["clone-client", "--server", &ep(p), "--server", &dead, "--timeout", "1s", "status"])
+        .args(["clone-client", "--store", &ep(p), "--store", &dead, "--timeout", "1s", "status"])
         .output()
         .expect("clone-client runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -691,7 +691,7 @@ fn clone_client_status_exits_non_zero_when_a_server_does_not_answer() {
         format!("mdsub: error: 1 of 2 clone servers did not answer STATUS: {dead}: no STATUS reply within 1s"),
         "{stderr}"
     );
-    let live = mdsub().args(["clone-client", "--server", &ep(p), "status"]).output().expect("runs");
+    let live = mdsub().args(["clone-client", "--store", &ep(p), "status"]).output().expect("runs");
     assert_eq!(live.status.code(), Some(0), "{}", String::from_utf8_lossy(&live.stderr));
 }
 
@@ -703,7 +703,7 @@ fn sigterm_ends_clone_client_status_while_a_server_does_not_answer() {
         (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("listener")).collect();
     let eps: Vec<String> = silent.iter().map(|l| ep(l.local_addr().expect("addr").port())).collect();
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &eps[0], "--server", &eps[1], "--timeout", "60s", "status"])
+    cmd.args(["clone-client", "--store", &eps[0], "--store", &eps[1], "--timeout", "60s", "status"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut client = Proc::spawn("clone-client status", &mut cmd);
@@ -1017,7 +1017,7 @@ fn clone_client_cli_watch_prints_current_then_live_changes() {
     c.wait_acked(u, Duration::from_secs(5)).expect("acked");
     let seq_a = c.status().expect("status").sequence;
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &srv, "watch", "/w/", "--count", "2"]);
+    cmd.args(["clone-client", "--store", &srv, "watch", "/w/", "--count", "2"]);
     let w = LineProc::spawn("watch", &mut cmd);
     let first = w.line_starting("", Duration::from_secs(10));
     assert_eq!(first, format!("initial {seq_a} /w/a=1"), "current value first");
@@ -1042,7 +1042,7 @@ fn clone_client_watch_counts_live_and_resync_changes_apart() {
     set_all_acked(&c, "/w/a", 1, "1");
     drop(c);
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &ep(p), "watch", "/w/"]);
+    cmd.args(["clone-client", "--store", &ep(p), "watch", "/w/"]);
     let w = LineProc::spawn_with_stderr("watch", &mut cmd);
     assert!(w.line_starting("", Duration::from_secs(10)).ends_with(" /w/a0=1"));
     s.signal(9);
@@ -1069,7 +1069,7 @@ fn a_client_keeps_a_quiet_server_whose_hugz_are_slower_than_its_silence() {
     let p = free_port_block(3);
     let _s = server("server", p, &["--hugz-interval", "1500ms"]);
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &ep(p), "--silence", "1200ms", "watch", "/quiet/"]);
+    cmd.args(["clone-client", "--store", &ep(p), "--silence", "1200ms", "watch", "/quiet/"]);
     let w = LineProc::spawn_with_stderr("watch", &mut cmd);
     let err = w.stderr.as_ref().expect("stderr piped");
     let said = wait_line(err, Duration::from_secs(10), "the silence line", |l| l.contains("publishes HUGZ every"));
@@ -1619,7 +1619,7 @@ fn ctrl_c_ends_a_set_the_server_never_acknowledges() {
         })
     };
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &ep(p), "--timeout", "60s", "set", "/k", "v"])
+    cmd.args(["clone-client", "--store", &ep(p), "--timeout", "60s", "set", "/k", "v"])
         .stderr(std::process::Stdio::piped());
     let mut client = Proc::spawn("clone-client", &mut cmd);
     let err = lines_of(client.child.stderr.take().expect("stderr piped"));
@@ -1806,7 +1806,7 @@ fn a_dead_clone_server_is_said_not_up_once_naming_both_its_ports() {
     let p_base = common::unserved_port_block(3);
     let srv = format!("tcp://127.0.0.1:{p_base}");
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &srv, "--timeout", "60s", "get", "/k"]);
+    cmd.args(["clone-client", "--store", &srv, "--timeout", "60s", "get", "/k"]);
     let mut p = Proc::spawn("clone-client", cmd.stderr(std::process::Stdio::piped()));
     let err = lines_of(p.child.stderr.take().expect("piped stderr"));
     // Said 5 s after the first attempt; a loaded box services the monitors late.
@@ -2070,7 +2070,7 @@ fn a_one_shot_set_past_a_dead_primary_says_who_served_it_without_waiting() {
     prim.wait_exit(Duration::from_secs(5));
     let run = |value: &str| {
         let mut cmd = mdsub();
-        cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--timeout", "10s"]);
+        cmd.args(["clone-client", "--store", &ep(pp), "--store", &ep(bp), "--timeout", "10s"]);
         cmd.args(["set", "/failover/k", value]);
         let t0 = Instant::now();
         let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
@@ -2105,7 +2105,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
     let c = synced(&[pp], "");
     set_all_acked(&c, "/w/", 1, "v");
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &ep(pp), "--server", &ep(bp), "--silence", "1s", "watch", "/w/"]);
+    cmd.args(["clone-client", "--store", &ep(pp), "--store", &ep(bp), "--silence", "1s", "watch", "/w/"]);
     let watch = LineProc::spawn_with_stderr("watch", &mut cmd);
     watch.line_starting("initial", Duration::from_secs(10));
     prim.signal(9);
@@ -2118,7 +2118,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
     );
 }
 
-/// Issue bstar13-3: `--server` naming only a passive server waited out `--timeout` and said
+/// Issue bstar13-3: `--store` naming only a passive server waited out `--timeout` and said
 /// `no clone server answered`, though that server answers STATUS: it says that it is passive
 /// and that no active server answered, and that no server served a snapshot (not that none
 /// answered: that one did).
@@ -2126,7 +2126,7 @@ fn a_watch_says_which_server_serves_it_after_a_failover() {
 fn a_client_of_the_passive_server_alone_is_told_it_is_passive() {
     let (_pp, _prim, bp, _back) = settled_pair();
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &ep(bp), "--timeout", "1s", "get", "/k"]);
+    cmd.args(["clone-client", "--store", &ep(bp), "--timeout", "1s", "get", "/k"]);
     let (code, out, err) = run_within("clone-client", &mut cmd, Duration::from_secs(30));
     assert_eq!(code, Some(4), "{out}{err}");
     assert!(err.contains(&format!("no clone server served a snapshot ({}) within 1s", ep(bp))), "{err}");

@@ -36,11 +36,11 @@ fn ended_ago(note: &str) -> Option<(u64, &str)> {
     Some((age.parse().ok()?, cause))
 }
 
-/// `mdsub clone-client --server STORE ARGS…` that must succeed within 30 s.
+/// `mdsub clone-client --store STORE ARGS…` that must succeed within 30 s.
 fn clone_client_ok(store: &str, args: &[&str]) {
     let (code, _, err) = run_within(
         "clone-client",
-        mdsub().args(["clone-client", "--server", store]).args(args),
+        mdsub().args(["clone-client", "--store", store]).args(args),
         Duration::from_secs(30),
     );
     assert_eq!(code, Some(0), "clone-client {args:?}: {err}");

@@ -662,7 +662,7 @@ fn clone_client_refuses_messages_that_are_not_kvmsgs() {
         })
     };
     let mut cmd = mdsub();
-    cmd.args(["clone-client", "--server", &format!("tcp://127.0.0.1:{port}"), "watch", "--count", "3"]);
+    cmd.args(["clone-client", "--store", &format!("tcp://127.0.0.1:{port}"), "watch", "--count", "3"]);
     let (code, out, err) = common::run_within("clone-client", &mut cmd, Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
     server.join().expect("hostile server");

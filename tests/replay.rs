@@ -1420,7 +1420,7 @@ fn a_benchmark_sends_on_one_replay_thread_not_two() {
     let _ = p.finish(Duration::from_secs(15));
     let dir = temp_dir("replay-threads-capacity");
     let mut cmd = mdsub();
-    cmd.args(["capacity", "--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--time-cap", "6s", "--out"]);
+    cmd.args(["capacity", "--warmup", "200ms", "--hold", "300ms", "--runs", "1", "--max-duration", "6s", "--out"]);
     let p = LineProc::spawn_with_stderr("capacity", cmd.arg(&dir));
     wait_until(Duration::from_secs(30), "the trial's publisher thread", || {
         thread_cpu_ms(p.proc.pid(), "replay").is_some()

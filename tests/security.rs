@@ -352,7 +352,7 @@ fn clone_client(servers: &[u16], keys: Option<(&Path, &Path)>, args: &[&str]) ->
     let mut cmd = mdsub();
     cmd.arg("clone-client");
     for p in servers {
-        cmd.arg("--server").arg(ep(*p));
+        cmd.arg("--store").arg(ep(*p));
     }
     if let Some((key, server)) = keys {
         cmd.arg("--curve-key").arg(key).arg("--server-key").arg(server);

@@ -233,7 +233,7 @@ class Soak:
         self.counts["lvc_subscribers"] += 1
 
     def tick_clone_client(self, i):
-        server = ["--server", f"tcp://127.0.0.1:{self.clone_base}", "--timeout", "5s"]
+        server = ["--store", f"tcp://127.0.0.1:{self.clone_base}", "--timeout", "5s"]
         kind = i % 4
         if kind in (0, 1):
             args = ["clone-client"] + server + ["set", f"/soak/s{i % 50}/k{i}", f"v{i}", "--ttl", "3s"]

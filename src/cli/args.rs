@@ -163,7 +163,7 @@ pub fn parse_clone_bind(s: &str) -> Result<Endpoint, String> {
     EndpointRule { only: Some(How::Bind), clone_store: true, bare: How::Bind }.parse(s)
 }
 
-/// Parse a clone server to reach (`--store`, `--server`, `--peer`): `connect:tcp://HOST:P` or
+/// Parse a clone server to reach (`--store`, `--peer`): `connect:tcp://HOST:P` or
 /// `tcp://HOST:P`.
 pub fn parse_clone_server(s: &str) -> Result<Endpoint, String> {
     EndpointRule { only: Some(How::Connect), clone_store: true, bare: How::Connect }.parse(s)
@@ -313,11 +313,11 @@ pub fn parse_whole_ms(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A duration in whole milliseconds ([`parse_whole_ms`]), or `off` (also a bare `0`): never,
-/// as a zero duration.
+/// A duration in whole milliseconds ([`parse_whole_ms`]), or `off` (also `0s`): never, as a
+/// zero duration. A bare `0` is refused as every duration without its unit is (it was taken).
 pub fn parse_whole_ms_or_off(s: &str) -> Result<Duration, String> {
     match s.trim() {
-        "off" | "0" => Ok(Duration::ZERO),
+        "off" => Ok(Duration::ZERO),
         t => parse_whole_ms(t).map_err(|e| format!("{e}; or off (never)")),
     }
 }
@@ -466,7 +466,8 @@ mod tests {
     #[test]
     fn a_duration_that_may_be_off_takes_off_and_zero_as_never() {
         assert_eq!(parse_whole_ms_or_off("off"), Ok(Duration::ZERO));
-        assert_eq!(parse_whole_ms_or_off("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_whole_ms_or_off("0s"), Ok(Duration::ZERO));
+        assert!(parse_whole_ms_or_off("0").unwrap_err().starts_with("no unit; accepted: "));
         assert_eq!(parse_whole_ms_or_off("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_whole_ms_or_off("5").unwrap_err().starts_with("no unit; accepted: "));
         assert!(parse_whole_ms_or_off("never").unwrap_err().ends_with("; or off (never)"));

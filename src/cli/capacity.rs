@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::args::{
     in_part, parse_connect_endpoint, parse_count, parse_count_nonzero_usize, parse_duration, parse_duration_nonzero,
-    parse_hwm, parse_idle, parse_rate, parse_thread_count, Endpoint,
+    parse_hwm, parse_idle, parse_rate, parse_thread_count, Endpoint, Idle,
 };
 use super::engine::{parse_handoff, parse_routing};
 use super::load_profile;
@@ -40,7 +40,8 @@ pub struct CapacityArgs {
     #[arg(long = "profile", value_name = "FILE|builtin|auto")]
     pub profiles: Vec<String>,
     /// Cross every profile with these values of a setting, `KEY=V1,V2,…`;
-    /// repeat for a grid, each setting once (`--vary handler` beside `--handler` is refused). Keys: workers, shards, batch_max, idle, handoff,
+    /// repeat for a grid, each setting once (`--vary handler` beside `--handler`, or `--vary idle`
+    /// beside `--idle`, is refused). Keys: workers, shards, batch_max, idle, handoff,
     /// routing, rcvhwm_msgs, handoff_hwm_msgs, handler (e.g. handler=latency,work:20000).
     /// Values are written as the flags write them: counts `100k`, `2M` (rcvhwm_msgs=100k).
     #[arg(long = "vary", value_parser = parse_vary, value_name = "KEY=V1,V2")]
@@ -49,6 +50,10 @@ pub struct CapacityArgs {
     /// latency, book, last, verify or work:NANOS.
     #[arg(long, value_name = "HANDLER")]
     pub handler: Option<HandlerSpec>,
+    /// Idle strategy of every configuration's engine readers and workers (overrides the
+    /// profiles'; `--vary idle` beside it is refused).
+    #[arg(long, value_enum)]
+    pub idle: Option<Idle>,
     // Its help is the engine's bound (max_msg_bytes), said by `payload_into_the_engine`.
     #[arg(long, value_parser = super::feed::parse_payload_bytes, default_value = "100", value_name = "BYTES")]
     pub payload_bytes: usize,
@@ -84,12 +89,17 @@ pub struct CapacityArgs {
     /// Bisect until the failing and passing rates are this close, e.g. `5%`.
     #[arg(long, value_parser = parse_percent, default_value = "5%", value_name = "PERCENT")]
     pub tolerance: f64,
-    /// Stop the whole search after this long (results so far are written, marked capped). A
-    /// search the cap stops before any rate failed has no knee, only `at least N msg/s`; a run
-    /// the cap stops before every configuration's knee was found (one not searched, or not
-    /// narrowed to --tolerance) has no winner (exit 5).
-    #[arg(long, value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
+    /// Stop the whole search after this long, as `engine --max-duration` (results so far are
+    /// written, marked capped). A search the cap stops before any rate failed has no knee, only
+    /// `at least N msg/s`; a run the cap stops before every configuration's knee was found (one
+    /// not searched, or not narrowed to --tolerance) has no winner (exit 5).
+    #[arg(long = "max-duration", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
+    /// The old spelling of --max-duration, refused with the new one's name.
+    #[arg(long = "time-cap", hide = true, value_parser = |_: &str| -> Result<String, String> {
+        Err("--time-cap is now --max-duration (as the engine's cap on its run): give --max-duration".into())
+    })]
+    pub old_time_cap: Option<String>,
     /// The results folder (named DATE-HOST-COMMIT, or DATE-HOST-COMMIT-2, -3, … when
     /// another run already has that name) is made in this directory.
     #[arg(long, default_value = "capacity-results", value_name = "DIR")]
@@ -313,9 +323,7 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
     for n in &names {
         let mut p = load_profile(n)?;
         super::security::apply_what_a_local_run_can("capacity", n, &p.security, None)?;
-        if let Some(h) = args.handler {
-            p.handler = h;
-        }
+        super::override_idle_handler(&mut p, args.idle, args.handler);
         bases.push((p, crate::profile::Origin::of(n)));
     }
     // Both were taken, and the grid's handlers silently replaced the one --handler gave.
@@ -324,6 +332,16 @@ pub fn capacity(args: &CapacityArgs, stop: &StopFlag) -> anyhow::Result<Capacity
         return Err(super::UsageError(format!(
             "--handler {h} and --vary handler={values}: one gives every configuration's handler, the other varies \
              it; give one (--vary handler={h},{values} to compare them)"
+        ))
+        .into());
+    }
+    // As for --handler: the grid's values would silently replace the one --idle gave.
+    if let (Some(i), Some(v)) = (args.idle, args.vary.iter().find(|v| v.key == "idle")) {
+        let values = v.values.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(",");
+        let i = i.name();
+        return Err(super::UsageError(format!(
+            "--idle {i} and --vary idle={values}: one gives every configuration's idle strategy, the other varies \
+             it; give one (--vary idle={i},{values} to compare them)"
         ))
         .into());
     }

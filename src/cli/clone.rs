@@ -236,15 +236,20 @@ pub fn run_server(args: &ServerArgs, stop: &StopFlag) -> anyhow::Result<()> {
     mut_arg("curve_key", |a| a.global(true).requires(clap::builder::Resettable::Reset)),
     mut_arg("server_key", |a| a.global(true).requires(clap::builder::Resettable::Reset)),
     after_help = "The options of clone-client go before the action or after it, the action's own (set --ttl, \
-watch --count) after it: mdsub clone-client --server tcp://HOST:P set KEY VALUE --ttl 10s, or mdsub clone-client \
-set KEY VALUE --ttl 10s --server tcp://HOST:P. One given on both sides of the action is refused.\n\
+watch --count) after it: mdsub clone-client --store tcp://HOST:P set KEY VALUE --ttl 10s, or mdsub clone-client \
+set KEY VALUE --ttl 10s --store tcp://HOST:P. One given on both sides of the action is refused.\n\
 Exit status: 0 done; 1 `get`: the key is absent (no error line), `status`: one of two servers \
 did not answer, or any other error; 2 a refused flag or value (a key or value longer than the server accepts); \
 4 no server answered within --timeout (none running there, or none accepting this client's keys); 130 interrupted (Ctrl-C).")]
 pub struct ClientArgs {
-    /// Server base endpoint, `connect:tcp://HOST:P` or `tcp://HOST:P`; give it twice for a Binary Star pair.
+    /// Clone store server, `[connect:]tcp://HOST:P`; twice for a Binary Star pair (as `engine
+    /// --store` and `top --store`).
     #[arg(long, global = true, value_parser = parse_clone_server, default_value = "tcp://127.0.0.1:5556", value_name = "[connect:]tcp://HOST:P")]
-    pub server: Vec<Endpoint>,
+    pub store: Vec<Endpoint>,
+    /// The old spelling of --store, refused with the new one's name (clap would suggest
+    /// --server-key, another thing).
+    #[arg(long = "server", global = true, hide = true, value_parser = renamed_to_store)]
+    pub old_server: Option<String>,
     /// Fail over after this long without an update or HUGZ (e.g. 2s; whole milliseconds, more
     /// than 0). A quiet server sends HUGZ once a second by default (its --hugz-interval): a
     /// silence not above that takes a live, quiet server for dead between heartbeats and fails
@@ -316,6 +321,12 @@ pub enum ClientCmd {
     /// Print each server's STATUS? reply (mdsub extension: state, sequence, keys, counters); exit
     /// status 1 when one of two does not answer, 4 when none does.
     Status,
+}
+
+/// `clone-client --server`, renamed `--store` (the name `engine` and `top` give the clone
+/// store they reach): refused, naming the new spelling.
+fn renamed_to_store(_: &str) -> Result<String, String> {
+    Err("--server is now --store (a clone store's servers, as engine and top call them): give --store".into())
 }
 
 /// A client's `--silence` (clone-client, clone-bench): whole milliseconds (the client's
@@ -465,7 +476,7 @@ fn standing_by(servers: &[String], keys: Option<&ClientKeys>, budget: Duration, 
         }
     }
     (!said.is_empty()).then(|| {
-        format!("{}; no active server answered: name the pair's active server too (--server twice)", said.join("; "))
+        format!("{}; no active server answered: name the pair's active server too (--store twice)", said.join("; "))
     })
 }
 
@@ -573,7 +584,7 @@ fn line_field(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// Run one client command; `stop` (the binary's SIGINT/SIGTERM handler) ends `watch`.
 pub fn run_client(args: &ClientArgs, stop: &StopFlag) -> anyhow::Result<i32> {
     let timeout = args.timeout;
-    let servers = super::store_servers(&args.server, "--server")?;
+    let servers = super::store_servers(&args.store)?;
     let keys = args.keys.to_keys()?;
     // Said once, before anything is asked (`status` asks STATUS only, with no silence to judge).
     if let Some(w) = silence_warning(args.silence).filter(|_| !matches!(args.cmd, ClientCmd::Status)) {

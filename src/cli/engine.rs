@@ -382,7 +382,7 @@ pub struct EngineArgs {
     #[arg(long, value_parser = parse_duration_nonzero, value_name = "DURATION")]
     pub max_duration: Option<Duration>,
     /// Forget a publisher of which nothing at all (no data, no heartbeat, no end of stream) was
-    /// heard for this long (e.g. 5m, 2s at least; 0 or off: never) [default: the profile's
+    /// heard for this long (e.g. 5m, 2s at least; 0s or off: never) [default: the profile's
     /// forget_silent_after_ms, else 5m]. A publisher killed without an end of stream under an
     /// id never heard again is otherwise held with its topics for the rest of the run. Its
     /// open session is counted as unended to its last arrived message (the report's
@@ -489,7 +489,7 @@ impl OutputArgs {
     /// Apply to an engine configuration.
     pub fn apply(&self, cfg: &mut crate::engine::EngineConfig) -> anyhow::Result<()> {
         // Checked before anything starts (the store is reached after the engine started).
-        store_servers(&self.store, "--store")?;
+        store_servers(&self.store)?;
         if let Some(i) = self.metrics_interval {
             cfg.metrics_interval = i;
         }
@@ -568,7 +568,7 @@ impl OutputArgs {
         if self.store.is_empty() {
             return Ok(());
         }
-        let servers = store_servers(&self.store, "--store")?;
+        let servers = store_servers(&self.store)?;
         engine.start_store(servers, engine_settings(engine)).context("starting the status agent")?;
         Ok(())
     }
@@ -1100,11 +1100,11 @@ mod tests {
     use std::io::IsTerminal as _;
 
     /// A bound under 2s would forget a quiet live publisher between its heartbeats (one a
-    /// second): refused, as in a profile; off and 0 are never. Before, 500ms was taken.
+    /// second): refused, as in a profile; off and 0s are never. Before, 500ms was taken.
     #[test]
     fn a_bound_for_silent_publishers_under_two_heartbeats_is_refused() {
         assert_eq!(parse_forget_silent_after("off"), Ok(Duration::ZERO));
-        assert_eq!(parse_forget_silent_after("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_forget_silent_after("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_forget_silent_after("2s"), Ok(Duration::from_secs(2)));
         for short in ["500ms", "1s", "1999ms"] {
             let e = parse_forget_silent_after(short).unwrap_err();

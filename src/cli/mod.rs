@@ -80,9 +80,9 @@ pub fn parsed_values_take_a_leading_hyphen(cmd: clap::Command) -> clap::Command 
         .mut_subcommands(parsed_values_take_a_leading_hyphen)
 }
 
-/// Refuses an option of a parent command (`clone-client --server`, taken before or after the
+/// Refuses an option of a parent command (`clone-client --store`, taken before or after the
 /// action: clap's `global`) given both before the subcommand and after it: clap keeps only the
-/// uses after it, so `--server A set K V --server B` would have talked to B alone, and `--timeout
+/// uses after it, so `--store A set K V --store B` would have talked to B alone, and `--timeout
 /// 2s get K --timeout 5s` waited 5s without a word. `argv` is the whole command line, as
 /// `matches` was parsed from it; tokens after `--` are values, not flags.
 pub fn global_options_kept(
@@ -292,10 +292,11 @@ pub(crate) fn override_idle_handler(profile: &mut Profile, idle: Option<args::Id
     }
 }
 
-/// A clone store's servers from `flag` (`--store`, `--server`): one, or two for a Binary Star
-/// pair, each `[connect:]tcp://HOST:P` with room for P+1 and P+2. Anything else is refused as a
+/// A clone store's servers from `--store` (engine, top, clone-client): one, or two for a Binary
+/// Star pair, each `[connect:]tcp://HOST:P` with room for P+1 and P+2. Anything else is refused as a
 /// flag value (exit 2) before anything starts.
-pub(crate) fn store_servers(store: &[args::Endpoint], flag: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn store_servers(store: &[args::Endpoint]) -> anyhow::Result<Vec<String>> {
+    let flag = "--store";
     if store.len() > 2 {
         anyhow::bail!(UsageError(format!(
             "{flag} given {} times: a clone store is one server, or two (a Binary Star pair)",

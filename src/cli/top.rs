@@ -57,7 +57,7 @@ pub struct TopArgs {
     /// (`(changed)` since start) and refused values follow its line.
     #[arg(long)]
     pub once: bool,
-    /// Give up when no server answers within this.
+    /// Give up when no server answers within this (e.g. 10s).
     #[arg(long, value_parser = parse_duration_nonzero, default_value = "10s", value_name = "DURATION")]
     pub timeout: Duration,
     /// Idle strategy of the store client's agent thread.
@@ -660,7 +660,7 @@ fn wrap_list(list: &str, width: usize) -> Vec<String> {
 
 /// Run `mdsub top`.
 pub fn top(args: &TopArgs, stop: &StopFlag) -> anyhow::Result<()> {
-    let servers = store_servers(&args.store, "--store")?;
+    let servers = store_servers(&args.store)?;
     // The dashboard needs a terminal: without one, say so now, not after reaching the store.
     let tty = if args.once {
         None

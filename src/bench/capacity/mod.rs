@@ -1375,8 +1375,8 @@ pub fn check_time_cap(time_cap: Duration, warmup: Duration, hold: Duration, runs
         return Ok(());
     }
     Err(format!(
-        "--time-cap {time_cap:?} is shorter than one trial: {} run(s) x ({warmup:?} warm-up + {hold:?} hold \
-         + {RUN_START:?} to start) = {trial:?}; give --time-cap {}s or more, or fewer --runs, or a shorter --hold",
+        "--max-duration {time_cap:?} is shorter than one trial: {} run(s) x ({warmup:?} warm-up + {hold:?} hold \
+         + {RUN_START:?} to start) = {trial:?}; give --max-duration {}s or more, or fewer --runs, or a shorter --hold",
         runs.max(1),
         trial.as_secs_f64().ceil() as u64
     ))
