@@ -1127,9 +1127,10 @@ impl ServerCore {
     /// the appends already asked for are skipped. Active: the whole unflushed batch is lost (not
     /// published, the clients' re-sends count as new) and its sequences are given back; its
     /// expiry deletes are published again at the next tick, and its re-publishes may be asked
-    /// for again (the entry keeps its sequence until one is published). Passive:
-    /// what it lost was replicated, already applied and acknowledged by the active server, so
-    /// its disk copy is now behind until a full snapshot (see the module doc).
+    /// for again (the entry keeps its sequence until one is published); so too when held after
+    /// a pause (not serving, but its outbox holds what it sequenced before). Passive: what it
+    /// lost was replicated, already applied and acknowledged by the active server, so its disk
+    /// copy is now behind until a full snapshot (see the module doc).
     fn log_failed(&mut self, token: Option<u64>, error: &str, out: &mut Vec<Action>) {
         self.counters.log_failures += 1;
         let n = self.counters.log_failures;
@@ -1137,7 +1138,9 @@ impl ServerCore {
         if token.is_none_or(|k| k < self.appends) {
             out.push(Action::SkipAppends { through: self.appends });
         }
-        if !self.is_active() {
+        // The state, not `is_active`: a held active takes no replicated updates, and its outbox
+        // (appended before the pause) is lost with the batch, never published.
+        if self.pair.as_ref().is_some_and(|p| p.bstar.state() != State::Active) {
             self.fall_behind();
             self.snapshot_wanted = true;
             self.full_snapshot_wanted = true;
@@ -2715,6 +2718,34 @@ mod tests {
         }
     }
 
+    /// An active server's update waits in the outbox for the batch's flush; the next step
+    /// notices a pause and holds (not serving: `is_active` is false, yet it is the active, with
+    /// an outbox); the batch's log flush fails, and the shell rolls the update's record back.
+    /// The update must not be published at a later flush (its KVPUB would acknowledge what the
+    /// disk lost). Before, a failed log write while held took the passive's branch, which keeps
+    /// the outbox, and the next flush (the stop's one, or the batch's after a fatal error)
+    /// published it.
+    #[test]
+    fn a_failed_flush_while_held_after_a_pause_publishes_nothing_it_lost() {
+        let mut r = active_primary_on(true);
+        r.keys_published();
+        r.clock.advance_ms(1);
+        r.on(Event::Update(Ok(upd("/c", "3", 3))));
+        r.clock.advance_ms(5000);
+        r.on(Event::Update(Ok(upd("/b", "2", 2))));
+        assert_eq!(r.core.pending(), 1, "held");
+        r.fail_flush = true;
+        r.logs.clear();
+        r.on(Event::Flush);
+        assert!(r.logs.iter().any(|l| l.contains("update log write failed")), "{:?}", r.logs);
+        r.fail_flush = false;
+        r.on(Event::Flush);
+        r.on(Event::Stopping);
+        let keys: Vec<_> = r.keys_published().into_iter().filter(|(k, _)| k != "HUGZ").collect();
+        assert!(keys.is_empty(), "the lost update acknowledged: {keys:?}");
+        assert!(r.core.map().get(b"/c").is_none(), "the lost update applied");
+        assert_eq!(r.core.sequence(), 1, "its sequence given back");
+    }
     #[test]
     fn a_passive_whose_data_is_newer_than_the_actives_snapshot_says_so_and_keeps_its_files_first() {
         // Issue bstar15-2: the backup recovered 44 keys at sequence 44, synced to the active's
