@@ -34,7 +34,8 @@ pub mod tally;
 /// the status (`clamped`), `mdsub top` (`≥60s`) and `#[Clamped` comment lines in the `.hlog`
 /// and `.hgrm`. Counting rather than raising the bound: any bound can be passed (a capture replayed verbatim lags by its age), and each
 /// histogram at 3 significant digits is 216 KiB up to 60 s, 264 KiB up to 1 h, 304 KiB up to a
-/// day, times 57 to 75 histograms in a 2-shard, 2-worker engine.
+/// day, times 57 to 75 histograms in a 2-shard, 2-worker engine; and each worker (or inline
+/// reader) holds a [`tally::StageTally`] a shard, two histograms' worth (432 KiB up to 60 s).
 pub const MAX_TRACKABLE_NS: u64 = 60_000_000_000;
 
 /// [`MAX_TRACKABLE_NS`] as people read it.

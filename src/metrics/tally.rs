@@ -6,9 +6,9 @@
 //! instructions a value, two values a message. A [`StageTally`] computes the same index from
 //! constants (our histograms' bounds are fixed: 1 ns to [`MAX_TRACKABLE_NS`], 3 significant
 //! digits) and adds 1 there; [`StageTally::fold_into`] adds the counts to the histograms
-//! through their public `record_n` once a report period, one call per bucket holding a count
+//! through their public `record_n` once a report period, one call per entry holding a count
 //! (the minimum, maximum and mean then come out as recording each value would have made them:
-//! a histogram's `min`/`max` are its bucket's bounds, its mean is of its counts).
+//! a histogram's `min`/`max` are its entry's bounds, its mean is of its counts).
 //!
 //! The layout mirrors hdrhistogram 7's (`index_for`): with 2048 sub-buckets (3 digits), value
 //! `v` is in bucket `b = 53 - lzcnt(v | 2047)` at index `(b << 10) + (v >> b)`. Tests hold it
