@@ -96,7 +96,7 @@ pub struct CapacityArgs {
     #[arg(long = "max-duration", value_parser = parse_duration, default_value = "10m", value_name = "DURATION")]
     pub time_cap: Duration,
     /// The old spelling of --max-duration, refused with the new one's name.
-    #[arg(long = "time-cap", hide = true, value_parser = |_: &str| -> Result<String, String> {
+    #[arg(long = "time-cap", hide = true, value_name = "DURATION", num_args = 0..=1, default_missing_value = "", value_parser = |_: &str| -> Result<String, String> {
         Err("--time-cap is now --max-duration (as the engine's cap on its run): give --max-duration".into())
     })]
     pub old_time_cap: Option<String>,

@@ -248,7 +248,8 @@ pub struct ClientArgs {
     pub store: Vec<Endpoint>,
     /// The old spelling of --store, refused with the new one's name (clap would suggest
     /// --server-key, another thing).
-    #[arg(long = "server", global = true, hide = true, value_parser = renamed_to_store)]
+    #[arg(long = "server", global = true, hide = true, value_parser = renamed_to_store, value_name = "ENDPOINT",
+          num_args = 0..=1, default_missing_value = "")]
     pub old_server: Option<String>,
     /// Fail over after this long without an update or HUGZ (e.g. 2s; whole milliseconds, more
     /// than 0). A quiet server sends HUGZ once a second by default (its --hugz-interval): a
