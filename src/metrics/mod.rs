@@ -183,8 +183,9 @@ impl StageHistograms {
     /// [`StageHistograms::record_wire_total`] from the times themselves: a message sent at
     /// `sent_ns` (the sender's clock), received at `recv_ns` and done at `done_ns`. The same
     /// values and counts as `record_wire_total(latency_ns(sent_ns, recv_ns), latency_ns(sent_ns,
-    /// done_ns))`, without the signed detour for the common case of a send time not ahead, and
-    /// inlined in the worker's per-message code (a call of its own before; perf36).
+    /// done_ns))`, without the signed detour for the common case of a send time not ahead. The
+    /// worker records through [`tally::StageTally::record_since_sent`] instead (perf37); this is
+    /// the direct recording that tally is held to and measured against (benches/handoff.rs).
     #[inline(always)]
     pub fn record_since_sent(&mut self, sent_ns: u64, recv_ns: u64, done_ns: u64) {
         let [w, _, t] = &mut self.out_of_bounds;
